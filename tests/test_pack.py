@@ -1,0 +1,75 @@
+"""The pack as ComfyUI loads it: a package from its folder, relative imports, classic node protocol, no host."""
+import importlib.util
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_pack(name="videoscene_pack_under_test"):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pack_exposes_classic_nodes_with_tooltips():
+    pack = load_pack()
+    assert pack.NODE_CLASS_MAPPINGS and set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    for key, cls in pack.NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        assert isinstance(cls.RETURN_TYPES, tuple) and callable(getattr(cls, cls.FUNCTION))
+        for section in ("required", "optional"):
+            for name, entry in spec.get(section, {}).items():
+                assert len(entry) == 2 and entry[1].get("tooltip"), f"{key}.{name} has no tooltip"
+
+
+def test_pack_does_not_claim_top_level_nodes_module():
+    load_pack()
+    mod = sys.modules.get("nodes")
+    assert mod is None or Path(getattr(mod, "__file__", "") or "").resolve().parent != ROOT / "nodes"
+
+
+def test_packaging_metadata():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["name"] == "videoscene" and "comfyui" not in meta["project"]["name"].lower()
+    assert meta["tool"]["setuptools"]["packages"] == ["vscene_engine"]
+    assert meta["tool"]["comfy"]["requires-comfyui"] == ">=0.24.0"
+    deps = meta["project"]["dependencies"] + (ROOT / "requirements.txt").read_text().splitlines()
+    for d in deps:
+        name = d.split("#")[0].strip().split(">")[0].split("=")[0].split("<")[0].strip().lower()
+        assert name not in ("torch", "torchvision", "torchaudio"), d
+
+
+def test_render_node_matches_engine_and_accepts_formats(tmp_path):
+    from vscene_engine.camera_formats import to_nerf, to_vscene
+    from vscene_engine.rasterize import render
+    from vscene_engine.synthetic import demo_cameras, procedural_scene
+
+    pack = load_pack()
+    host = sys.modules[pack.__name__ + ".nodes.host"]
+    node = pack.NODE_CLASS_MAPPINGS["VSceneRenderSplat"]()
+    scene = procedural_scene(3000, seed=1)
+    cams = demo_cameras(64, 48)
+    splat = host.scene_to_splat(scene)
+    text = json.dumps(to_vscene(cams))
+    rgb, alpha, depth = node.render(splat, text, 512, 512, 0, "#ffffff", "torch")
+    ref = render(scene, cams, background=(1.0, 1.0, 1.0))
+    assert rgb.shape == (2, 48, 64, 3) and alpha.shape == (2, 48, 64) and depth.shape == (2, 48, 64, 3)
+    assert float((rgb - ref.rgb.clamp(0, 1)).abs().max()) < 1e-5
+    # transforms.json text + max_size
+    rgb2, _, _ = node.render(splat, json.dumps(to_nerf(cams)), 512, 512, 32, "1,1,1", "auto")
+    assert rgb2.shape == (2, 24, 32, 3)
+    with pytest.raises(ValueError, match="colour"):
+        node.render(splat, text, 512, 512, 0, "blue-ish", "torch")
+    with pytest.raises(ValueError, match="JSON"):
+        node.render(splat, "{not json", 512, 512, 0, "#000000", "torch")
+    with pytest.raises(ValueError, match="no cameras"):
+        node.render(splat, "  ", 512, 512, 0, "#000000", "torch")

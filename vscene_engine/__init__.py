@@ -1,0 +1,1 @@
+"""videoscene engine: pure torch + numpy (no ComfyUI imports). See DESIGN.md for the conventions."""
