@@ -1,7 +1,9 @@
 """``python -m vscene_engine`` commands. Entry point: :func:`main` (returns an exit code).
 
-render  PLY scene + cameras (any format camera_formats reads) -> one PNG per camera, named after the camera.
-demo    the engine on a scene it makes itself (no downloads, no data): see :mod:`vscene_engine.demo`.
+render       PLY scene + cameras (any format camera_formats reads) -> one PNG per camera, named after the camera.
+prior        two photos (+ optional cameras) -> cameras.json, trajectory.json, prior.ply, coarse.mp4.
+reconstruct  frames (video or image folder) + trajectory.json [+ init PLY] -> scene.ply, renders.mp4, report.json.
+demo         the whole path on a scene the engine makes itself (no downloads, no data): see :mod:`vscene_engine.demo`.
 
 Errors in the user's input print one clear line (``error: ...``) and exit with code 2; nothing partial is written.
 """
@@ -56,6 +58,116 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _pick_cameras(cams_source, path_a: Path, path_b: Path):
+    """Cameras of the two photos from a camera file: by file name when the format names its cameras (transforms.json,
+    LLFF, COLMAP ...), else the first two in order."""
+    from .camera_formats import load_cameras
+
+    cams = load_cameras(cams_source)
+    if cams.names:
+        def find(p: Path) -> int:
+            stem = p.stem
+            hits = [i for i, n in enumerate(cams.names) if Path(str(n)).stem == stem or Path(str(n)).name == p.name]
+            if not hits:
+                raise ValueError(f"no camera named like {p.name!r} in {cams_source} (names: "
+                                 f"{', '.join(map(str, cams.names[:8]))}{' ...' if len(cams.names) > 8 else ''})")
+            return hits[0]
+
+        if len(cams) == 2 and not any(Path(str(n)).stem in (path_a.stem, path_b.stem) for n in cams.names):
+            return cams
+        return cams[[find(path_a), find(path_b)]]
+    if len(cams) < 2:
+        raise ValueError(f"{cams_source} holds {len(cams)} camera(s); two are needed")
+    return cams[[0, 1]]
+
+
+def cmd_prior(args) -> int:
+    from .atomic import atomic_write_bytes
+    from .camera_formats import save_cameras
+    from .imageio import load_image
+    from .pipeline import coarse_video, make_path
+    from .ply import write_ply
+    from .video import write_video
+    from .views import make_view_pair
+
+    a, b = Path(args.image_a), Path(args.image_b)
+    img_a, img_b = load_image(a, keep_alpha=True), load_image(b, keep_alpha=True)
+    cams = _pick_cameras(args.cameras, a, b) if args.cameras else None
+    views = make_view_pair(img_a, img_b, cams, fov_deg=args.fov, size=args.size, resize=args.resize)
+    path = make_path(views, frames=args.frames, kind=args.path, easing=args.easing)
+    bg = [float(v) for v in args.background.split(",")]
+    bar = _bar(len(path), "coarse video")
+    res = coarse_video(views, path, background=bg, progress=lambda i, n, _p: bar(i),
+                       prior_kwargs={"stereo_kwargs": {"num_depths": args.num_depths}})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_cameras(views.cameras, out / "cameras.json")
+    save_cameras(path, out / "trajectory.json")
+    write_ply(res.scene, out / "prior.ply")
+    write_video(res.frames, out / "coarse.mp4", fps=args.fps)
+    import json
+
+    info = {"views": {"near": views.near, "far": views.far, "scale": views.scale, **views.provenance},
+            "gaussians": len(res.scene), "frames": len(path), "mean_coverage": float(res.coverage.mean())}
+    atomic_write_bytes(out / "prior_report.json", json.dumps(info, indent=1, default=str).encode())
+    print(f"wrote {out}/cameras.json, trajectory.json, prior.ply ({len(res.scene)} Gaussians), coarse.mp4 "
+          f"({len(path)} frames), prior_report.json")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import json
+
+    from .atomic import atomic_write_bytes
+    from .camera_formats import load_cameras
+    from .imageio import resize_image
+    from .pipeline import reconstruct
+    from .ply import read_ply, write_ply
+    from .video import read_frames, write_video
+
+    frames = read_frames(args.frames)
+    path = load_cameras(args.trajectory)
+    if (frames.shape[2], frames.shape[1]) != (path.width, path.height):
+        # codecs may pad odd sizes: crop back, or resize when only the scale differs
+        if frames.shape[2] >= path.width and frames.shape[1] >= path.height and \
+                frames.shape[2] - path.width <= 1 and frames.shape[1] - path.height <= 1:
+            frames = frames[:, : path.height, : path.width]
+        else:
+            frames = resize_image(frames, path.width, path.height)
+    init = read_ply(args.init) if args.init else None
+    bg = [float(v) for v in args.background.split(",")]
+    bar = _bar(args.iters, "reconstruct")
+    res = reconstruct(frames, path, None, init, iters=args.iters, densify=not args.no_densify, background=bg,
+                      seed=args.seed, progress=lambda it, n, loss, _p: bar(it))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_ply(res.scene, out / "scene.ply")
+    write_video(res.renders, out / "renders.mp4", fps=args.fps)
+    vals = list(res.psnr_per_view.values())
+    rep = {"mean_psnr": sum(vals) / len(vals), "per_view_psnr": res.psnr_per_view, "gaussians": len(res.scene),
+           "iterations": args.iters}
+    atomic_write_bytes(out / "report.json", json.dumps(rep, indent=1).encode())
+    print(f"wrote {out}/scene.ply ({len(res.scene)} Gaussians), renders.mp4, report.json "
+          f"(mean PSNR {rep['mean_psnr']:.2f} dB)")
+    return 0
+
+
+def _bar(total: int, desc: str):
+    """A tqdm progress callback bar(done) (silent when tqdm is missing)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return lambda done: None
+    t = tqdm(total=total, desc=desc)
+
+    def update(done):
+        t.update(done - t.n)
+        if done >= total:
+            t.close()
+
+    return update
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vscene_engine", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +184,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"])
     r.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     r.set_defaults(func=cmd_render)
+
+    pr = sub.add_parser("prior", help="two photos -> cameras, coarse 3DGS prior and its camera-path video")
+    pr.add_argument("--image-a", required=True, help="first photo (start of the path)")
+    pr.add_argument("--image-b", required=True, help="second photo (end of the path)")
+    pr.add_argument("--cameras", default=None,
+                    help="camera file/folder (transforms.json, poses_bounds.npy, COLMAP, vscene json ...); the two "
+                         "cameras are picked by the photos' file names. Absent: estimated from the photos.")
+    pr.add_argument("--frames", type=int, default=49, help="frames of the camera path (default 49)")
+    pr.add_argument("--path", default="interpolate", choices=["interpolate", "se3", "orbit"])
+    pr.add_argument("--easing", default="cosine", choices=["cosine", "linear"])
+    pr.add_argument("--size", type=int, default=512, help="longer side of the working images (default 512)")
+    pr.add_argument("--fov", type=float, default=60.0, help="horizontal FOV (deg) when intrinsics are unknown")
+    pr.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"])
+    pr.add_argument("--num-depths", type=int, default=64, help="depth planes of the stereo sweep")
+    pr.add_argument("--background", default="0,0,0")
+    pr.add_argument("--fps", type=float, default=8.0)
+    pr.add_argument("--out", required=True)
+    pr.set_defaults(func=cmd_prior)
+
+    rc = sub.add_parser("reconstruct", help="fit a 3DGS scene to frames with known cameras")
+    rc.add_argument("--frames", required=True, help="video file or folder of frames (sorted by name)")
+    rc.add_argument("--trajectory", required=True, help="trajectory.json written by 'prior' (one camera per frame)")
+    rc.add_argument("--init", default=None, help="initial scene (e.g. prior.ply); random when absent")
+    rc.add_argument("--iters", type=int, default=600)
+    rc.add_argument("--no-densify", action="store_true")
+    rc.add_argument("--background", default="0,0,0")
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--fps", type=float, default=8.0)
+    rc.add_argument("--out", required=True)
+    rc.set_defaults(func=cmd_reconstruct)
 
     from . import demo
 

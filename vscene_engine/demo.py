@@ -1,113 +1,151 @@
-"""``python -m vscene_engine demo [--out DIR]``: the engine end to end on a scene it makes itself.
+"""``python -m vscene_engine demo [--out DIR]``: the whole weight-free path on a scene the engine makes itself.
 
-No downloads and no data set: :func:`vscene_engine.synthetic.procedural_scene` is the ground truth.
-1. two "photo" cameras and VideoScene's 49-frame interpolated camera path between them (cosine easing);
-2. render the ground-truth scene along the path (exact pure-torch rasterizer) -> DIR/frames/frame_XXXX.png;
-3. fit a new Gaussian scene from random initialisation to every 4th frame (L1 + D-SSIM, Adam);
-4. evaluate the fitted scene on the frames it never saw (PSNR/SSIM) -> DIR/report.json;
-5. write DIR/scene_truth.ply, DIR/scene.ply (3DGS PLY, loads in ComfyUI's Preview Splat) and DIR/compare.png.
-Everything is written only after all computation succeeded (atomic files).
+No downloads, no data set: :func:`vscene_engine.synthetic.procedural_scene` is the ground truth.
+1. render two "photos" of the truth scene (two cameras ~1 unit apart);
+2. estimate the cameras from the photos alone (features + essential matrix; FOV known) and compare with the truth;
+3. coarse 3DGS prior (plane-sweep stereo) rendered along VideoScene's 49-frame path -> DIR/coarse.mp4;
+4. reconstruct a scene from the prior video + the two photos -> DIR/scene.ply (loads in ComfyUI's Preview Splat);
+5. DIR/report.json: timings, pose errors, PSNR/SSIM of the coarse and reconstructed videos against the truth
+   rendered along the true path, coverage; DIR/compare.png: truth / coarse / reconstructed at three frames.
+Files are written only after everything succeeded (atomic writes).
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    d = sub.add_parser("demo", help="run the engine on a scene it generates itself (no data needed)")
+    d = sub.add_parser("demo", help="run the whole two-photo path on a scene the engine generates (no data needed)")
     d.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
     d.add_argument("--frames", type=int, default=49, help="frames of the camera path (default 49, as VideoScene)")
-    d.add_argument("--width", type=int, default=192)
-    d.add_argument("--height", type=int, default=144)
-    d.add_argument("--fit-iters", type=int, default=500, help="optimisation steps of the fit (default 500)")
-    d.add_argument("--fit-scale", type=float, default=0.5, help="fit/eval resolution relative to the frames")
+    d.add_argument("--width", type=int, default=256)
+    d.add_argument("--height", type=int, default=192)
+    d.add_argument("--recon-iters", type=int, default=300, help="reconstruction steps (default 300)")
+    d.add_argument("--recon-scale", type=float, default=0.5, help="reconstruction resolution relative to frames")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=run)
+
+
+def _angle_deg(R):
+    import torch
+
+    c = ((torch.diagonal(R, dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    return math.degrees(float(torch.acos(c)))
 
 
 def run(args) -> int:
     import torch
 
-    from .imageio import atomic_write, resize_image, save_image
+    from .atomic import atomic_write_bytes
+    from .imageio import resize_image, save_image
     from .losses import psnr, ssim
-    from .optimize import fit_scene
+    from .pipeline import coarse_video, make_path, reconstruct
     from .ply import write_ply
     from .rasterize import render
     from .synthetic import demo_cameras, procedural_scene
-    from .trajectories import make_trajectory
+    from .video import write_video
+    from .views import ViewPair, make_view_pair
 
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-
     if args.frames < 2:
         raise ValueError("--frames must be at least 2 (a camera path needs two ends)")
     torch.manual_seed(args.seed)
-    out = Path(args.out)
+    white = (1.0, 1.0, 1.0)
+    t_all = time.perf_counter()
     timings = {}
+
+    def bar(total, desc):
+        if tqdm is None:
+            return lambda *a: None
+        t = tqdm(total=total, desc=desc, unit="it")
+
+        def upd(done, *rest):
+            t.update(done - t.n)
+            if done >= total:
+                t.close()
+
+        return upd
+
+    # 1. truth and photos
     t0 = time.perf_counter()
     truth = procedural_scene(seed=args.seed)
-    views = demo_cameras(args.width, args.height)
-    path = make_trajectory("interpolate", views, frames=args.frames)
-    timings["scene_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    frames = []
-    it = range(len(path))
-    bar = tqdm(it, desc="render path", unit="frame") if tqdm else it
-    for i in bar:
-        frames.append(render(truth, path[i], background=(1.0, 1.0, 1.0)).rgb[0])
-    frames = torch.stack(frames)
-    timings["render_s"] = time.perf_counter() - t0
-    timings["render_s_per_frame"] = timings["render_s"] / len(path)
-
-    # fit from random init on every 4th frame (always incl. both ends), evaluate on the rest
-    train_idx = sorted(set(range(0, len(path), 4)) | {len(path) - 1})
-    test_idx = [i for i in range(len(path)) if i not in train_idx]
-    fw, fh = max(8, round(args.width * args.fit_scale)), max(8, round(args.height * args.fit_scale))
-    small = resize_image(frames, fw, fh)
-    cams_small = path.resized(fw, fh)
-    t0 = time.perf_counter()
-    pbar = tqdm(total=args.fit_iters, desc="fit scene", unit="it") if tqdm else None
-
-    def progress(i, loss, preview=None):
-        if pbar is not None:
-            pbar.update(1)
-            pbar.set_postfix(loss=f"{loss:.4f}")
-
-    fit = fit_scene(small[train_idx], cams_small[train_idx], n_init=12000, iters=args.fit_iters,
-                    background=(1.0, 1.0, 1.0), sh_degree=1, sh_every=max(1, args.fit_iters // 2), seed=args.seed,
-                    progress=progress)
-    if pbar is not None:
-        pbar.close()
-    timings["fit_s"] = time.perf_counter() - t0
-
+    true_views = demo_cameras(args.width, args.height)
     with torch.no_grad():
-        pred = render(fit.scene, cams_small[test_idx], background=(1.0, 1.0, 1.0)).rgb
-        gt = small[test_idx]
-        p = [float(psnr(pred[i : i + 1], gt[i : i + 1])) for i in range(len(test_idx))]
-        s = [float(ssim(pred[i : i + 1], gt[i : i + 1])) for i in range(len(test_idx))]
+        photos = render(truth, true_views, background=white).rgb.clamp(0, 1)
+    timings["photos_s"] = time.perf_counter() - t0
+
+    # 2. cameras from the photos alone
+    t0 = time.perf_counter()
+    fov = math.degrees(2 * math.atan(args.width / 2 / float(true_views.K[0, 0, 0])))
+    views = make_view_pair(photos[0], photos[1], None, fov_deg=fov, size=max(args.width, args.height))
+    timings["pose_s"] = time.perf_counter() - t0
+    rel_true = true_views.w2c[1] @ true_views.c2w[0]
+    rel_est = views.cameras.w2c[1].double() @ views.cameras.c2w[0].double()
+    rot_err = _angle_deg(rel_true[:3, :3].double().T @ rel_est[:3, :3])
+    t_t, t_e = rel_true[:3, 3].double(), rel_est[:3, 3]
+    dir_err = math.degrees(math.acos(float((t_t @ t_e) / (t_t.norm() * t_e.norm())).__round__(12)))
+
+    # 3. coarse prior video along the path (and the truth along the true path, for the metrics)
+    t0 = time.perf_counter()
+    path = make_path(views, frames=args.frames)
+    cv = coarse_video(views, path, background=white, progress=bar(len(path), "coarse video"))
+    timings["coarse_video_s"] = time.perf_counter() - t0
+    true_path = make_path(ViewPair(photos, true_views, float(true_views.near[0]), float(true_views.far[0])),
+                          frames=args.frames)
+    with torch.no_grad():
+        gt = torch.stack([render(truth, true_path[i], background=white).rgb[0].clamp(0, 1)
+                          for i in range(len(true_path))])
+
+    # 4. reconstruction from the coarse video + the photos (reduced resolution)
+    t0 = time.perf_counter()
+    rw = max(16, int(round(args.width * args.recon_scale / 8)) * 8)
+    rh = max(16, int(round(args.height * args.recon_scale / 8)) * 8)
+    small_views = ViewPair(resize_image(views.images, rw, rh), views.cameras.resized(rw, rh), views.near, views.far)
+    rec = reconstruct(resize_image(cv.frames, rw, rh), path.resized(rw, rh), small_views, cv.scene,
+                      iters=args.recon_iters, background=white, seed=args.seed,
+                      progress=bar(args.recon_iters, "reconstruct"))
+    timings["reconstruct_s"] = time.perf_counter() - t0
+    with torch.no_grad():
+        recon_frames = torch.stack([render(rec.scene, path[i], background=white).rgb[0].clamp(0, 1)
+                                    for i in range(len(path))])
+
+    def metrics(pred):
+        p = [float(psnr(pred[i : i + 1], gt[i : i + 1])) for i in range(len(gt))]
+        s = [float(ssim(pred[i : i + 1], gt[i : i + 1])) for i in range(len(gt))]
+        return {"psnr_mean": sum(p) / len(p), "ssim_mean": sum(s) / len(s), "psnr_per_frame": p}
+
+    timings["total_s"] = time.perf_counter() - t_all
     report = {
-        "what": "procedural scene -> 49-frame path render -> fit from random init on every 4th frame -> held-out eval",
-        "frames": len(path), "frame_size": [args.width, args.height], "fit_size": [fw, fh],
-        "train_frames": train_idx, "heldout_frames": test_idx,
-        "gaussians_truth": len(truth), "gaussians_fit": len(fit.scene),
-        "heldout_psnr_mean": sum(p) / len(p), "heldout_ssim_mean": sum(s) / len(s),
-        "heldout_psnr": p, "heldout_ssim": s, "timings": timings, "seed": args.seed,
+        "what": "procedural scene -> 2 photos -> estimated cameras -> stereo prior -> 49-frame path video -> "
+                "reconstruction; metrics vs the truth rendered along the true path",
+        "size": [args.width, args.height], "frames": len(path),
+        "pose": {"rotation_error_deg": rot_err, "translation_direction_error_deg": dir_err,
+                 **{k: views.provenance["pose"][k] for k in ("n_inliers", "confidence") if k in
+                    views.provenance.get("pose", {})}},
+        "gaussians": {"truth": len(truth), "prior": len(cv.scene), "reconstructed": len(rec.scene)},
+        "coarse_video_vs_truth": metrics(cv.frames), "reconstructed_video_vs_truth": metrics(recon_frames),
+        "mean_coverage": float(cv.coverage.mean()), "timings": timings, "seed": args.seed,
     }
-    # write only now, when everything succeeded
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(frames):
-        save_image(f, out / "frames" / f"frame_{i:04d}.png")
-    write_ply(truth, out / "scene_truth.ply")
-    write_ply(fit.scene, out / "scene.ply")
-    k = [test_idx[len(test_idx) // 4], test_idx[len(test_idx) // 2], test_idx[3 * len(test_idx) // 4]]
-    strip = torch.cat([torch.cat([small[i], pred[test_idx.index(i)]], 0) for i in k], 1)
+    write_video(cv.frames, out / "coarse.mp4", fps=8)
+    write_video(recon_frames, out / "reconstructed.mp4", fps=8)
+    write_ply(rec.scene, out / "scene.ply")
+    write_ply(cv.scene, out / "prior.ply")
+    k = [len(path) // 4, len(path) // 2, 3 * len(path) // 4]
+    strip = torch.cat([torch.cat([gt[i], cv.frames[i], recon_frames[i]], 0) for i in k], 1)
     save_image(strip, out / "compare.png")
-    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-    print(json.dumps({k: report[k] for k in ("heldout_psnr_mean", "heldout_ssim_mean", "gaussians_fit")}))
-    print(f"wrote {out}/frames/*.png, scene_truth.ply, scene.ply, compare.png, report.json")
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
+    summary = {"pose_rot_err_deg": round(rot_err, 3), "pose_dir_err_deg": round(dir_err, 3),
+               "coarse_psnr": round(report["coarse_video_vs_truth"]["psnr_mean"], 2),
+               "reconstructed_psnr": round(report["reconstructed_video_vs_truth"]["psnr_mean"], 2),
+               "total_s": round(timings["total_s"], 1)}
+    print(json.dumps(summary))
+    print(f"wrote {out}/coarse.mp4, reconstructed.mp4, scene.ply, prior.ply, compare.png, report.json")
     return 0

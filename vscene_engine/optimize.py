@@ -220,7 +220,12 @@ class GaussianParams:
                 g["lr"] = float(lr)
 
     def all_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.params.values())
+        """True when every raw parameter and the activated scene are finite with positive scales."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.params.values()):
+            return False
+        with torch.no_grad():
+            s = torch.exp(self.params["log_scales"])
+            return bool(torch.isfinite(s).all()) and bool((s > 0).all())
 
     def rebuild(self, keep: torch.Tensor, extra: Optional[dict] = None) -> None:
         """Replace the parameter set by ``params[keep]`` followed by ``extra`` rows.
@@ -469,11 +474,12 @@ def fit_scene(
         batch_views: views per iteration (their losses are averaged). seed: seeds all randomness.
         densify: None (off), True (:data:`DEFAULT_DENSIFY`) or a dict overriding some of its keys.
         progress: ``progress(it, loss, preview_rgb)`` after every iteration (``it`` 1-based, ``loss`` float,
-            ``preview_rgb [H,W,3]`` the detached render of the iteration's first view).
+            ``preview_rgb [H,W,3]`` the detached render of the iteration's first view, clamped to 0..1).
         check_interrupt: called every iteration and inside rendering; raise from it to abort (the exception
             propagates).
         eval_every: every this many iterations (and at the last one) also measure the mean PSNR on
             ``eval_images``/``eval_cameras`` (default: all training views) -> ``history[i]["eval_psnr"]``.
+            Renders are clamped to 0..1 before every PSNR.
         final_eval: render every training view at the end for :attr:`FitResult.psnr_per_view`.
         scene_extent: overrides :func:`camera_extent` (scales the means lr and the densify size thresholds).
         history_out: optional list that receives the history records live (before ``progress`` is called); it is
@@ -548,7 +554,8 @@ def fit_scene(
     def evaluate(cam_batch, imgs, deg) -> torch.Tensor:
         with torch.no_grad():
             sc = model.scene()
-            vals = [psnr(render_views(sc, cam_batch[i], deg), imgs[i:i + 1]) for i in range(len(cam_batch))]
+            vals = [psnr(render_views(sc, cam_batch[i], deg).clamp(0, 1), imgs[i:i + 1])
+                    for i in range(len(cam_batch))]
         return torch.stack(vals)
 
     history = history_out if history_out is not None else []
@@ -589,7 +596,7 @@ def fit_scene(
             with torch.no_grad():
                 psnr_sum += float(psnr(pred.detach().clamp(0, 1), target))
             if preview is None:
-                preview = pred.detach()[0]
+                preview = pred.detach()[0].clamp(0, 1)
         model.optimizer.step()
         model.optimizer.zero_grad(set_to_none=True)
         if not model.all_finite():

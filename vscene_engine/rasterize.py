@@ -49,7 +49,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .gaussians import quat_to_rotmat
+from .gaussians import quat_multiply, quat_to_rotmat, rotmat_to_quat
 from .sh import eval_sh
 
 ALPHA_MIN = 1.0 / 255.0
@@ -116,10 +116,11 @@ def project_gaussians(
     x, y = p_cam[:, 0], p_cam[:, 1]
 
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    # 3D covariance in camera space: (R_cw R S)(R_cw R S)^T
-    Rg = quat_to_rotmat(scene.quats[index])
-    M = R_cw @ Rg * scene.scales[index].unsqueeze(-2)
-    cov_cam = M @ M.transpose(-1, -2)
+    # Camera-space factor of the 3D covariance: M = R_cw R_g diag(s), so Σ_cam = M Mᵀ. The rotation is composed
+    # as a quaternion product (elementwise; avoids batched 3x3 matmuls, which are slow for millions of tiny matrices).
+    q_cw = rotmat_to_quat(R_cw).to(means)
+    Rc = quat_to_rotmat(quat_multiply(q_cw.expand(index.shape[0], 4), scene.quats[index]))
+    M = Rc * scene.scales[index].unsqueeze(-2)  # columns scaled
 
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
@@ -127,13 +128,10 @@ def project_gaussians(
     rz = 1.0 / z
     tx = z * torch.minimum(torch.maximum(x * rz, -lim_x_neg), lim_x_pos)
     ty = z * torch.minimum(torch.maximum(y * rz, -lim_y_neg), lim_y_pos)
-    zero = torch.zeros_like(z)
-    J = torch.stack(
-        [torch.stack([fx * rz, zero, -fx * tx * rz * rz], -1), torch.stack([zero, fy * rz, -fy * ty * rz * rz], -1)],
-        dim=-2,
-    )  # [M,2,3]
-    cov2d = J @ cov_cam @ J.transpose(-1, -2)
-    a0, b0, c0 = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+    # Jacobian J = [[fx/z, 0, -fx tx/z²], [0, fy/z, -fy ty/z²]]; T = J M (two rows), Σ2d = T Tᵀ
+    T0 = (fx * rz)[:, None] * M[:, 0] - (fx * tx * rz * rz)[:, None] * M[:, 2]
+    T1 = (fy * rz)[:, None] * M[:, 1] - (fy * ty * rz * rz)[:, None] * M[:, 2]
+    a0, b0, c0 = (T0 * T0).sum(-1), (T0 * T1).sum(-1), (T1 * T1).sum(-1)
     a, b, c = a0 + eps2d, b0, c0 + eps2d
     det = a * c - b * b
     opac = scene.opacities[index].to(dtype)
@@ -266,7 +264,9 @@ def _render_one_torch(
             [0.5 * a * bx * bx + b * bx * by + 0.5 * c * by * by - torch.log(q64[:, 5]), a * bx + b * by,
              b * bx + c * by, 0.5 * a, b, 0.5 * c], 1)  # [n,6]
         nla = basis @ coef.T  # [P, n]  = -log(unclamped alpha)
-        nz = (nla.detach() <= log255).nonzero()  # row-major: grouped by (p, tile) == by pixel, depth-ordered inside
+        live_px = log_T.view(n_tiles, P) > -0.5 * _DONE  # pixels not terminated by earlier chunks
+        cand = (nla.detach() <= log255) & live_px.index_select(0, t_id).T
+        nz = cand.nonzero()  # row-major: grouped by (p, tile) == by pixel, depth-ordered inside
         if nz.numel() == 0:
             continue
         p, j = nz[:, 0].contiguous(), nz[:, 1].contiguous()
@@ -378,7 +378,7 @@ def render(
     far_plane: float = 1e10,
     sh_degree: Optional[int] = None,
     tile: Optional[int] = None,
-    chunk: int = 1 << 17,
+    chunk: int = 1 << 16,
     check_interrupt=None,
 ) -> RenderOutput:
     """Render ``scene`` (GaussianScene) from every camera in ``cameras`` (Cameras, OpenCV c2w).

@@ -155,7 +155,7 @@ def eval_sh(sh: torch.Tensor, dirs: torch.Tensor, degree: int | None = None) -> 
         raise ValueError(f"degree {degree} is outside 0..{d_full} for sh with K={sh.shape[-2]}")
     k = (d + 1) ** 2
     basis = sh_basis(dirs.to(sh.dtype), d)  # [..., k]
-    return (basis.unsqueeze(-1) * sh[..., :k, :]).sum(-2)
+    return (basis.unsqueeze(-2) @ sh[..., :k, :]).squeeze(-2)  # [...,1,k] @ [...,k,3]
 
 
 def sh_to_rgb(sh: torch.Tensor, dirs: torch.Tensor, degree: int | None = None) -> torch.Tensor:

@@ -1,0 +1,220 @@
+"""Two-photo pipeline nodes: LoadViewPair -> CoarseSplatPrior -> (LeapFlowStudent, later) -> SplatReconstruct.
+
+Custom types: VSCENE_VIEWS (vscene_engine.views.ViewPair) and VSCENE_TRAJECTORY (vscene_engine.cameras.Cameras of
+the video frames). Everything else is a core type: IMAGE, MASK, SPLAT, LOAD3D_CAMERA.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from . import host
+from .splat_nodes import _parse_color
+
+CATEGORY = "VideoScene"
+
+
+def _interrupt_and_preview(bar):
+    def cb(done, total, preview=None):
+        host.check_interrupt()
+        bar.update_absolute(done, preview=preview)
+
+    return cb
+
+
+class LoadViewPair:
+    """Two photos (+ optional cameras) -> VSCENE_VIEWS with consistent images and intrinsics."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("VSCENE_VIEWS", "IMAGE", "STRING")
+    RETURN_NAMES = ("views", "images", "report")
+    OUTPUT_TOOLTIPS = ("The two views with cameras, depth range and provenance.",
+                       "The two prepared images [2,H,W,3] at the working size.",
+                       "JSON report: camera source, pose-estimation inliers/confidence, sizes.")
+    DESCRIPTION = ("Prepares two photos of one scene: brings them to one working size (keeping intrinsics right) "
+                   "and gets their cameras — estimated from image features when none are given (baseline "
+                   "normalised to 1), or read from camera text/JSON or two Load3D cameras.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image_a": ("IMAGE", {"tooltip": "First photo (start of the camera path). First image of a batch."}),
+                "image_b": ("IMAGE", {"tooltip": "Second photo (end of the camera path); may differ in size."}),
+                "cameras_from": (["estimate", "text", "load3d"], {
+                    "default": "estimate",
+                    "tooltip": "estimate: pose from image features (needs overlap and some parallax); text: the "
+                               "cameras field; load3d: the camera_a / camera_b inputs."}),
+                "cameras": ("STRING", {"multiline": True, "default": "",
+                                       "tooltip": "2 cameras as text: vscene JSON, transforms.json (2 frames), "
+                                                  "RealEstate10K rows, or a path to a camera file/folder."}),
+                "fov_deg": ("FLOAT", {"default": 60.0, "min": 5.0, "max": 170.0, "step": 0.5,
+                                      "tooltip": "Horizontal field of view used when intrinsics are unknown "
+                                                 "(estimate mode). Phone main cameras: ~65-70."}),
+                "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                                 "tooltip": "Longer side of the working images (rounded to a multiple of 8)."}),
+                "resize": (["crop", "pad", "stretch"], {"default": "crop",
+                                                        "tooltip": "How photo B is brought to photo A's aspect "
+                                                                   "ratio; intrinsics follow."}),
+            },
+            "optional": {
+                "camera_a": ("LOAD3D_CAMERA", {"tooltip": "Camera of photo A (cameras_from = load3d)."}),
+                "camera_b": ("LOAD3D_CAMERA", {"tooltip": "Camera of photo B (cameras_from = load3d)."}),
+            },
+        }
+
+    def load(self, image_a, image_b, cameras_from, cameras, fov_deg, size, resize, camera_a=None, camera_b=None):
+        from vscene_engine.camera_formats import from_load3d
+        from vscene_engine.views import make_view_pair, prepare_image
+
+        cams = None
+        if cameras_from == "text":
+            from .splat_nodes import parse_cameras
+
+            a = prepare_image(image_a, "image A")
+            cams = parse_cameras(cameras, None, int(a.shape[1]), int(a.shape[0]))
+        elif cameras_from == "load3d":
+            if camera_a is None or camera_b is None:
+                raise ValueError("cameras_from = load3d needs both camera_a and camera_b connected")
+            a = prepare_image(image_a, "image A")
+            cams = from_load3d([camera_a, camera_b], width=int(a.shape[1]), height=int(a.shape[0]))
+        elif cameras_from != "estimate":
+            raise ValueError(f"unknown cameras_from {cameras_from!r}")
+        views = make_view_pair(image_a, image_b, cams, fov_deg=fov_deg, size=size, resize=resize)
+        report = {"near": views.near, "far": views.far, "scale": views.scale, **views.provenance}
+        return (views, views.images.clone(), json.dumps(report, indent=1, default=str))
+
+
+class CoarseSplatPrior:
+    """VSCENE_VIEWS -> coarse Gaussian scene + the video rendered along the camera path."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("SPLAT", "IMAGE", "MASK", "VSCENE_TRAJECTORY")
+    RETURN_NAMES = ("splat", "frames", "coverage", "trajectory")
+    OUTPUT_TOOLTIPS = ("Coarse 3D Gaussian scene (one Gaussian per reliable pixel of each view).",
+                       "Frames rendered along the camera path [F,H,W,3].",
+                       "Per-frame coverage (accumulated opacity); low = holes the prior cannot fill.",
+                       "Cameras of the frames (for SplatReconstruct / the video student).")
+    DESCRIPTION = ("VideoScene's coarse 3D prior: plane-sweep stereo between the two views (left-right checked), "
+                   "one Gaussian per pixel, rendered along the camera path between the views (default: 49 frames, "
+                   "cosine easing, as VideoScene).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "views": ("VSCENE_VIEWS", {"tooltip": "From LoadViewPair."}),
+                "method": (["stereo"], {"default": "stereo",
+                                        "tooltip": "stereo: weight-free plane-sweep stereo. (MVSplat comes with a "
+                                                   "later release.)"}),
+                "frames": ("INT", {"default": 49, "min": 2, "max": 241,
+                                   "tooltip": "Frames of the camera path (VideoScene's student needs 49)."}),
+                "path": (["interpolate", "se3", "orbit", "keyframes"], {
+                    "default": "interpolate",
+                    "tooltip": "interpolate: VideoScene's pivot interpolation A->B; se3: straight; orbit: around "
+                               "the scene; keyframes: A -> via_camera -> B."}),
+                "easing": (["cosine", "linear"], {"default": "cosine", "tooltip": "Speed profile along the path."}),
+                "num_depths": ("INT", {"default": 64, "min": 8, "max": 256,
+                                       "tooltip": "Depth planes of the stereo sweep (more: finer, slower)."}),
+                "background": ("STRING", {"default": "#000000",
+                                          "tooltip": "Colour behind the scene: '#rrggbb' or 'r,g,b' in 0..1."}),
+            },
+            "optional": {
+                "via_camera": ("LOAD3D_CAMERA", {"tooltip": "Keyframe between the two views (path = keyframes)."}),
+            },
+        }
+
+    def run(self, views, method, frames, path, easing, num_depths, background, via_camera=None):
+        from vscene_engine.camera_formats import from_load3d
+        from vscene_engine.cameras import Cameras
+        from vscene_engine.pipeline import coarse_video, make_path
+
+        bg = _parse_color(background)
+        kf = None
+        if path == "keyframes":
+            if via_camera is None:
+                raise ValueError("path = keyframes needs via_camera (a Load3D camera) connected")
+            via = from_load3d([via_camera], width=views.width, height=views.height)
+            c = views.cameras
+            kf = Cameras(torch.cat([c.c2w[:1], via.c2w.to(c.c2w), c.c2w[1:]]), c.K[:1].expand(3, 3, 3), c.width,
+                         c.height, c.near[:1].expand(3), c.far[:1].expand(3))
+        traj = make_path(views, frames=frames, kind=path, easing=easing, keyframes=kf)
+        bar = host.progress(len(traj), "coarse prior video")
+        res = coarse_video(views, traj, method=method, background=bg, prior_kwargs={"stereo_kwargs":
+                                                                                    {"num_depths": num_depths}},
+                           progress=_interrupt_and_preview(bar), check_interrupt=host.check_interrupt)
+        bar.close()
+        return (host.scene_to_splat(res.scene), res.frames.float().cpu(), res.coverage.float().cpu(), traj)
+
+
+class SplatReconstruct:
+    """Frames with known cameras (+ the two photos) -> an optimised Gaussian scene."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("SPLAT", "IMAGE", "STRING")
+    RETURN_NAMES = ("splat", "renders", "psnr")
+    OUTPUT_TOOLTIPS = ("The reconstructed Gaussian scene.", "The scene re-rendered at the trajectory cameras.",
+                       "JSON: PSNR (dB) of every frame and input view against its target.")
+    DESCRIPTION = ("3DGS optimisation (L1 + D-SSIM, Adam, densify/prune) of a scene to the video frames at their "
+                   "trajectory cameras plus the two input photos, starting from a SPLAT (e.g. the coarse prior) "
+                   "or from random Gaussians.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "frames": ("IMAGE", {"tooltip": "Video frames [F,H,W,3] matching the trajectory."}),
+                "trajectory": ("VSCENE_TRAJECTORY", {"tooltip": "Cameras of the frames (from CoarseSplatPrior)."}),
+                "iterations": ("INT", {"default": 600, "min": 1, "max": 30000,
+                                       "tooltip": "Optimisation steps (3DGS uses 30000 on GPU)."}),
+                "densify": ("BOOLEAN", {"default": True, "tooltip": "Clone/split/prune Gaussians while fitting."}),
+                "input_view_weight": ("INT", {"default": 4, "min": 0, "max": 64,
+                                              "tooltip": "How many times each real photo counts vs. one frame."}),
+                "sh_degree": ("INT", {"default": 1, "min": 0, "max": 3, "tooltip": "View-dependent colour degree."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seeds all randomness."}),
+                "background": ("STRING", {"default": "#000000",
+                                          "tooltip": "Background the frames were rendered over."}),
+            },
+            "optional": {
+                "views": ("VSCENE_VIEWS", {"tooltip": "The two photos and cameras (added as training views)."}),
+                "init": ("SPLAT", {"tooltip": "Starting scene (e.g. the coarse prior); random when absent."}),
+            },
+        }
+
+    def run(self, frames, trajectory, iterations, densify, input_view_weight, sh_degree, seed, background,
+            views=None, init=None):
+        from vscene_engine.pipeline import reconstruct
+
+        bg = _parse_color(background)
+        init_scene = host.splat_to_scenes(init)[0].to(dtype=torch.float32) if init is not None else None
+        if views is not None and input_view_weight == 0:
+            views = None
+        bar = host.progress(iterations, "reconstruct splat")
+
+        def prog(it, total, loss, preview=None):
+            host.check_interrupt()
+            bar.update_absolute(it, preview=preview if it % 25 == 0 or it == total else None)
+
+        res = reconstruct(frames.float().cpu(), trajectory, views, init_scene, iters=iterations, densify=densify,
+                          input_view_weight=max(1, input_view_weight), sh_degree=sh_degree, seed=seed,
+                          background=bg, progress=prog, check_interrupt=host.check_interrupt)
+        bar.close()
+        vals = list(res.psnr_per_view.values())
+        report = {"mean_psnr": sum(vals) / len(vals), "per_view": res.psnr_per_view, "gaussians": len(res.scene)}
+        return (host.scene_to_splat(res.scene), res.renders.float().cpu(), json.dumps(report, indent=1))
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoadViewPair": LoadViewPair,
+    "CoarseSplatPrior": CoarseSplatPrior,
+    "SplatReconstruct": SplatReconstruct,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadViewPair": "Load View Pair (VideoScene)",
+    "CoarseSplatPrior": "Coarse Splat Prior (VideoScene)",
+    "SplatReconstruct": "Splat Reconstruct (VideoScene)",
+}

@@ -1,0 +1,116 @@
+"""LoadViewPair engine (views.py), the pipeline steps, the pipeline nodes and the prior/reconstruct CLI."""
+import json
+import math
+
+import pytest
+import torch
+
+from vscene_engine.camera_formats import save_cameras, to_vscene
+from vscene_engine.cameras import Cameras
+from vscene_engine.cli import main
+from vscene_engine.imageio import save_image
+from vscene_engine.pipeline import coarse_video, make_path, reconstruct
+from vscene_engine.rasterize import render
+from vscene_engine.synthetic import demo_cameras, procedural_scene
+from vscene_engine.views import make_view_pair
+
+W, H = 128, 96
+
+
+@pytest.fixture(scope="module")
+def photos():
+    scene = procedural_scene(12000, seed=3)
+    cams = demo_cameras(W, H)
+    with torch.no_grad():
+        imgs = render(scene, cams, background=(1.0, 1.0, 1.0)).rgb.clamp(0, 1)
+    return scene, cams, imgs
+
+
+def test_given_cameras_sizes_and_intrinsics_follow_resize(photos):
+    _, cams, imgs = photos
+    vp = make_view_pair(imgs[0], imgs[1], cams, size=64)
+    assert vp.images.shape == (2, 48, 64, 3) and (vp.width, vp.height) == (64, 48)
+    assert torch.allclose(vp.cameras.K[0, 0, 0], cams.K[0, 0, 0] / 2)
+    assert vp.provenance["cameras"] == "given" and math.isclose(vp.scale, float((cams.centers[0] - cams.centers[1]).norm()), rel_tol=1e-5)
+    # B given at another size and as grayscale / RGBA: a defined result at A's size
+    b_big = torch.nn.functional.interpolate(imgs[1].permute(2, 0, 1)[None], size=(192, 256), mode="bilinear")[0]
+    gray = b_big.mean(0, keepdim=True).permute(1, 2, 0)  # [H,W,1]
+    cams_b = Cameras.cat([cams[0], cams[1].resized(256, 192).resized(W, H)])
+    vp2 = make_view_pair(imgs[0], gray, cams_b, size=128)
+    assert vp2.images.shape == (2, 96, 128, 3)
+    rgba = torch.cat([imgs[0], torch.ones(H, W, 1)], -1)
+    vp3 = make_view_pair(rgba[None], imgs[1][None], cams, size=128)  # [1,H,W,4] batch like ComfyUI
+    assert torch.allclose(vp3.images[0], imgs[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_crop_and_pad_keep_intrinsics_consistent(photos, mode):
+    """A photo of another aspect, brought to 128x96 by apply_box, equals a render at the fitted camera."""
+    from vscene_engine.views import apply_box
+
+    scene, cams, _ = photos
+    cam_b = cams[1].cropped(16, 0, 96, 96).resized(192, 192)  # a square 192x192 photo
+    with torch.no_grad():
+        photo = render(scene, cam_b, background=(1.0, 1.0, 1.0)).rgb[0].clamp(0, 1)
+        fitted, box = cam_b.fit(128, 96, mode)
+        direct = render(scene, fitted, background=(1.0, 1.0, 1.0)).rgb[0].clamp(0, 1)
+    got = apply_box(photo, box, 128, 96, pad_value=-1.0)
+    valid = (got >= 0).all(-1)
+    assert valid.float().mean() > (0.99 if mode == "crop" else 0.7)
+    assert float((got - direct).abs()[valid].mean()) < 0.03
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ("tiny", "at least 64"),
+    ("nan_img", "NaN"),
+    ("same_centre", "baseline"),
+    ("nan_cam", "NaN|finite"),
+    ("three", "exactly 2"),
+    ("aspect", "aspect"),
+])
+def test_view_pair_bad_inputs(photos, bad, msg):
+    _, cams, imgs = photos
+    a, b, c = imgs[0], imgs[1], cams
+    if bad == "tiny":
+        a = a[:40, :50]
+    elif bad == "nan_img":
+        b = b.clone()
+        b[3, 3, 0] = float("nan")
+    elif bad == "same_centre":
+        c2w = cams.c2w.clone()
+        c2w[1, :3, 3] = c2w[0, :3, 3]
+        c = Cameras(c2w, cams.K, W, H, 0.5, 10.0)
+    elif bad == "nan_cam":
+        c2w = cams.c2w.clone()
+        c2w[1, 0, 3] = float("nan")
+        c = Cameras(c2w, cams.K, W, H, 0.5, 10.0)
+    elif bad == "three":
+        c = Cameras.cat([cams, cams[0]])
+    elif bad == "aspect":
+        b = b[:, :64]
+    with pytest.raises(ValueError, match=msg):
+        make_view_pair(a, b, c, size=128)
+
+
+def test_path_needs_two_frames(photos):
+    _, cams, imgs = photos
+    vp = make_view_pair(imgs[0], imgs[1], cams, size=128)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        make_path(vp, frames=1)
+    p = make_path(vp, frames=5)
+    assert len(p) == 5 and torch.allclose(p.c2w[0], vp.cameras.c2w[0], atol=1e-5)
+    assert torch.allclose(p.c2w[-1], vp.cameras.c2w[1], atol=1e-5)
+
+
+def test_reconstruct_checks_and_improves(photos):
+    scene, cams, imgs = photos
+    vp = make_view_pair(imgs[0], imgs[1], cams, size=64)
+    path = make_path(vp, frames=5)
+    with torch.no_grad():
+        frames = render(scene, path, background=(1.0, 1.0, 1.0)).rgb.clamp(0, 1)
+    with pytest.raises(ValueError, match="path cameras"):
+        reconstruct(frames[:4], path, vp)
+    res = reconstruct(frames, path, vp, None, iters=60, background=(1.0, 1.0, 1.0), n_init=3000, densify=False)
+    assert set(res.psnr_per_view) == {f"frame_{i:04d}" for i in range(5)} | {"view_a", "view_b"}
+    start = float(-10 * torch.log10(((frames - 1.0) ** 2).mean()))  # PSNR of an empty white render
+    assert min(res.psnr_per_view.values()) > start + 1.0

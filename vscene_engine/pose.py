@@ -1,0 +1,524 @@
+"""Relative pose of two photos (the "two-photo" pipeline, step 1). Entry point: :func:`estimate_relative_pose`.
+
+Conventions (binding, see DESIGN.md):
+
+* Cameras are OpenCV camera-to-world (+x right, +y down, +z forward). ``K`` is in pixels for the image it belongs to;
+  image coordinates are continuous with the top-left image *corner* at ``(0, 0)`` and the centre of pixel
+  (column ``i``, row ``j``) at ``(i + 0.5, j + 0.5)``. OpenCV keypoints put pixel centres at integer coordinates, so
+  every keypoint is shifted by ``+0.5`` (and rescaled from the detection size to the input size as
+  ``u = (u_cv + 0.5) / s``) before it meets ``K``.
+* Images are float tensors ``[H,W,3]`` (or ``[H,W]`` / ``[H,W,1]`` / ``[H,W,4]``, or a ComfyUI batch of one
+  ``[1,H,W,C]``) with values in ``0..1``.
+* The result lives in the frame of camera A: camera A has the identity camera-to-world, camera B sits at distance 1
+  (the baseline is normalised to 1; two photos cannot tell the absolute scale).
+
+Algorithm:
+
+1. Greyscale ``uint8``; if the longer side exceeds ``max_side`` the image is shrunk (area filter) for detection and
+   the keypoints are mapped back to the input pixel grid (pixel-centre consistent, per-axis scale).
+2. SIFT (``cv2.SIFT``, up to ``max_features`` per image), brute-force L2 matching with Lowe's ratio test *and* a
+   mutual-nearest-neighbour check (brute force rather than FLANN: exact and deterministic).
+3. Keypoints -> normalised camera coordinates with each image's own ``K`` (so the two photos may have different
+   intrinsics and sizes); essential matrix with ``cv2.findEssentialMat(..., method=cv2.USAC_MAGSAC)`` (MAGSAC++) on
+   those coordinates with the pixel threshold divided by the mean focal length; ``cv2.setRNGSeed(seed)`` first, so the
+   result is deterministic.
+4. ``cv2.recoverPose`` picks the one of the four (R, t) decompositions that puts the points in front of both cameras
+   (cheirality). OpenCV's ``(R, t)`` maps camera-A coordinates to camera-B coordinates, ``x_b = R x_a + t``, i.e. it
+   is B's world-to-camera with A as the world; B's camera-to-world is therefore ``[R^T | -R^T t]``.
+5. Refinement: ``scipy.optimize.least_squares`` on the Sampson error in pixels (of the fundamental matrix
+   ``K_b^-T [t]x R K_a^-1``) over the MAGSAC inliers, soft-L1 loss at ``ransac_px``, rotation as an axis-angle update
+   and translation on the unit sphere (two tangent coordinates). The refined pose is kept only if it lowers the RMS
+   Sampson error of the inliers.
+6. Degeneracy checks (see :class:`DegeneratePairError`), triangulation of the inliers (DLT), and a sparse point
+   cloud from the points in front of both cameras with low reprojection error and a non-vanishing triangulation
+   angle; ``near = 0.8 x`` the 2nd percentile and ``far = 1.25 x`` the 98th percentile of their depths in both
+   cameras. Point colours are sampled (bilinear) from image A.
+
+Why OpenCV and not kornia: OpenCV's C++ SIFT, USAC MAGSAC++ and ``recoverPose`` are the robust, fast and weight-free
+standard for this job, and ComfyUI installs often ship ``cv2`` already (many node packs depend on it). kornia's
+pure-torch equivalents (``SIFTFeature``, ``find_essential``/``RANSAC``) are several times slower on CPU and have no
+MAGSAC; the learned matchers (LoFTR, LightGlue ...) need weights downloads. ``cv2`` is imported lazily, so the rest of
+the engine works without it.
+
+Images of different sizes: every pixel quantity of image B (keypoints, ``K_b``) is in B's own pixels. The returned
+:class:`~vscene_engine.cameras.Cameras` share one image size (that is the type's contract), which is **image A's**
+size: camera 1's ``K`` is ``K_b`` scaled per axis to A's size, i.e. it describes image B *resized to A's size*.
+``est.cameras[1].resized(W_b, H_b)`` gives back exactly ``K_b`` for B at its own size (``report["size_b"]``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cameras import Cameras
+
+__all__ = ["estimate_relative_pose", "PoseEstimate", "DegeneratePairError", "focal_from_fov"]
+
+MIN_SIDE = 64  # smallest accepted image side in pixels
+
+
+class DegeneratePairError(ValueError):
+    """The two images do not determine a relative pose (identical, pure rotation / too little parallax, no overlap,
+    too small or invalid). The message says what was measured and what to do about it."""
+
+
+@dataclass(eq=False)
+class PoseEstimate:
+    """Result of :func:`estimate_relative_pose`.
+
+    Fields:
+        cameras:  :class:`Cameras` with 2 cameras (A, B), float32, size = image A's size. Camera A is the identity
+                  c2w; camera B has its centre at distance 1 from A. ``near``/``far`` are set on both cameras.
+                  Camera B's ``K`` is scaled to A's size when the images differ in size (see the module docstring).
+        points3d: ``[P,3]`` float32 triangulated inlier points in camera A's frame (= the world frame).
+        colors:   ``[P,3]`` float32 RGB in 0..1 sampled from image A at the keypoints.
+        near, far: depth bounds (floats) covering the points in both cameras.
+        report:   diagnostics, see :func:`estimate_relative_pose`.
+    """
+
+    cameras: Cameras
+    points3d: Tensor
+    colors: Tensor
+    near: float
+    far: float
+    report: dict = field(default_factory=dict)
+
+    @property
+    def R(self) -> Tensor:
+        """``[3,3]`` float64 rotation taking camera-A coordinates to camera-B coordinates (OpenCV ``R``)."""
+        return self.cameras.w2c[1, :3, :3].double()
+
+    @property
+    def t(self) -> Tensor:
+        """``[3]`` float64 unit translation of ``x_b = R x_a + t`` (OpenCV ``t``)."""
+        return self.cameras.w2c[1, :3, 3].double()
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def focal_from_fov(width: int, height: int, fov_deg: float, axis: str = "horizontal") -> float:
+    """Focal length in pixels for an image of ``width x height`` whose field of view along ``axis`` is ``fov_deg``.
+
+    ``axis``: ``"horizontal"`` (spans ``width``), ``"vertical"`` (``height``) or ``"diagonal"`` (``hypot(w, h)``;
+    e.g. a 35 mm-equivalent focal ``f35`` gives ``fov_diag = 2 atan(43.27 / (2 f35))``). Use it when the intrinsics are
+    unknown: ``K = [[f, 0, W/2], [0, f, H/2], [0, 0, 1]]`` (square pixels, centred principal point).
+    """
+    width, height, fov = float(width), float(height), float(fov_deg)
+    if not (width > 0 and height > 0):
+        raise ValueError(f"focal_from_fov: image size must be positive, got {width:g}x{height:g}")
+    if not (0.0 < fov < 180.0) or not math.isfinite(fov):
+        raise ValueError(f"focal_from_fov: fov_deg must be in (0, 180) degrees, got {fov_deg!r}")
+    sizes = {"horizontal": width, "vertical": height, "diagonal": math.hypot(width, height)}
+    if axis not in sizes:
+        raise ValueError(f"focal_from_fov: axis must be 'horizontal', 'vertical' or 'diagonal', got {axis!r}")
+    return sizes[axis] / (2.0 * math.tan(math.radians(fov) / 2.0))
+
+
+def _import_cv2():
+    try:
+        import cv2  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "estimate_relative_pose needs OpenCV: pip install opencv-python-headless (or opencv-python)"
+        ) from e
+    if not hasattr(cv2, "SIFT_create") or not hasattr(cv2, "USAC_MAGSAC"):  # pragma: no cover
+        raise ImportError(f"estimate_relative_pose needs OpenCV >= 4.5 with SIFT and USAC (found {cv2.__version__})")
+    return cv2
+
+
+def _as_image(img, name: str) -> np.ndarray:
+    """-> float32 numpy [H,W,C] (C = 1 or 3), validated."""
+    t = img if isinstance(img, Tensor) else torch.as_tensor(np.asarray(img))
+    t = t.detach().to("cpu")
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim == 2:
+        t = t[..., None]
+    if t.ndim != 3 or t.shape[-1] not in (1, 3, 4):
+        raise DegeneratePairError(
+            f"{name}: expected an image [H,W,3] (or [H,W] / [H,W,1] / [H,W,4] / [1,H,W,C]) with values 0..1, "
+            f"got shape {tuple(t.shape)}"
+        )
+    if t.shape[-1] == 4:
+        t = t[..., :3]
+    t = t.float() if t.is_floating_point() else t.float() / (255.0 if t.dtype == torch.uint8 else 1.0)
+    H, W = t.shape[:2]
+    if min(H, W) < MIN_SIDE:
+        raise DegeneratePairError(
+            f"{name} is {W}x{H} pixels; pose estimation needs at least {MIN_SIDE} px on each side (a few hundred to "
+            f"~1000 px works best). Use the original, larger photo."
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise DegeneratePairError(f"{name} contains NaN or inf values; fix the upstream image (e.g. a failed decode "
+                                  f"or a division by zero) before estimating the pose.")
+    return t.numpy()
+
+
+def _as_K(K, name: str) -> np.ndarray:
+    k = K.detach().cpu().double().numpy() if isinstance(K, Tensor) else np.asarray(K, dtype=np.float64)
+    if k.shape == (1, 3, 3):
+        k = k[0]
+    if k.shape != (3, 3) or not np.isfinite(k).all():
+        raise ValueError(f"{name} must be a finite 3x3 intrinsics matrix in pixels, got shape {k.shape}")
+    if k[0, 0] <= 0 or k[1, 1] <= 0 or abs(k[2, 2] - 1) > 1e-6 or np.abs(k[2, :2]).max() > 1e-9 or k[1, 0] != 0:
+        raise ValueError(f"{name} must be [[fx,s,cx],[0,fy,cy],[0,0,1]] with fx, fy > 0, got {k.tolist()}")
+    return k
+
+
+def _gray_u8(img: np.ndarray) -> np.ndarray:
+    if img.shape[-1] == 3:
+        g = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    else:
+        g = img[..., 0]
+    return np.clip(np.rint(g * 255.0), 0, 255).astype(np.uint8)
+
+
+def _detect(cv2, gray: np.ndarray, max_side: int, max_upscale: float, max_features: int, contrast: float):
+    """SIFT keypoints (engine pixel coordinates of the input image, [N,2] float64) and descriptors [N,128].
+
+    Detection runs on the image resized so that its longer side is ``max_side`` (area filter when shrinking, bilinear
+    when enlarging, at most ``max_upscale`` times); the keypoints are mapped back per axis with the pixel-centre
+    convention ``u = (u_cv + 0.5) / s``."""
+    H, W = gray.shape
+    s = 1.0
+    if max_side and max_side > 0:
+        s = min(float(max_side) / max(H, W), max(1.0, float(max_upscale)))
+    sx = sy = 1.0
+    if abs(s - 1.0) > 1e-6:
+        w, h = max(1, round(W * s)), max(1, round(H * s))
+        gray = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        sx, sy = w / W, h / H
+    sift = cv2.SIFT_create(nfeatures=int(max_features), contrastThreshold=float(contrast))
+    kps, desc = sift.detectAndCompute(gray, None)
+    if not kps or desc is None:
+        return np.zeros((0, 2)), np.zeros((0, 128), np.float32)
+    uv = np.array([kp.pt for kp in kps], dtype=np.float64) + 0.5  # OpenCV pixel centres are integers
+    uv[:, 0] /= sx
+    uv[:, 1] /= sy
+    return uv, desc.astype(np.float32)
+
+
+def _match(da: np.ndarray, db: np.ndarray, ratio: float, chunk: int = 2048) -> np.ndarray:
+    """[M,2] index pairs (a, b): exact L2 nearest neighbours with Lowe's ratio test (a -> b) and a mutual check
+    (b's nearest neighbour in A is a). Brute force with torch matmuls in row chunks: exact, deterministic and ~3x
+    faster on CPU than ``cv2.BFMatcher.knnMatch`` + Python loops."""
+    if len(da) < 2 or len(db) < 2:
+        return np.zeros((0, 2), np.int64)
+    a, b = torch.from_numpy(np.ascontiguousarray(da)), torch.from_numpy(np.ascontiguousarray(db))
+    a2, b2 = (a * a).sum(1), (b * b).sum(1)
+    top = torch.empty(len(a), 2)
+    nn_ab = torch.empty(len(a), dtype=torch.long)
+    col_min = torch.full((len(b),), float("inf"))
+    nn_ba = torch.zeros(len(b), dtype=torch.long)
+    for s0 in range(0, len(a), chunk):
+        d2 = (a2[s0:s0 + chunk, None] + b2[None] - 2.0 * (a[s0:s0 + chunk] @ b.T)).clamp_min(0)
+        v, i = d2.topk(2, dim=1, largest=False)
+        top[s0:s0 + chunk], nn_ab[s0:s0 + chunk] = v, i[:, 0]
+        cmin, carg = d2.min(0)
+        upd = cmin < col_min
+        col_min[upd], nn_ba[upd] = cmin[upd], carg[upd] + s0
+    dist = top.sqrt()
+    ok = (dist[:, 0] < ratio * dist[:, 1]) & (nn_ba[nn_ab] == torch.arange(len(a)))
+    ia = torch.nonzero(ok)[:, 0]
+    return np.stack([ia.numpy(), nn_ab[ia].numpy()], 1).astype(np.int64).reshape(-1, 2)
+
+
+def _normalize(uv: np.ndarray, K: np.ndarray) -> np.ndarray:
+    h = np.concatenate([uv, np.ones((len(uv), 1))], 1)
+    return (np.linalg.solve(K, h.T).T)[:, :2]
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+
+
+def _rodrigues(w: np.ndarray) -> np.ndarray:
+    th = float(np.linalg.norm(w))
+    if th < 1e-12:
+        return np.eye(3) + _skew(w)
+    k = _skew(w / th)
+    return np.eye(3) + math.sin(th) * k + (1 - math.cos(th)) * (k @ k)
+
+
+def _sampson_px(R, t, ua, ub, Ka, Kb) -> np.ndarray:
+    """Signed Sampson distance in pixels of correspondences ua (A pixels) <-> ub (B pixels)."""
+    F = np.linalg.inv(Kb).T @ _skew(t) @ R @ np.linalg.inv(Ka)
+    xa = np.concatenate([ua, np.ones((len(ua), 1))], 1)
+    xb = np.concatenate([ub, np.ones((len(ub), 1))], 1)
+    Fxa = xa @ F.T
+    Ftxb = xb @ F
+    num = np.sum(xb * Fxa, 1)
+    den = np.sqrt(Fxa[:, 0] ** 2 + Fxa[:, 1] ** 2 + Ftxb[:, 0] ** 2 + Ftxb[:, 1] ** 2) + 1e-300
+    return num / den
+
+
+def _refine(R0, t0, ua, ub, Ka, Kb, ransac_px):
+    """Nonlinear refinement of (R, t) on the Sampson error; returns (R, t, rms_before, rms_after, used)."""
+    from scipy.optimize import least_squares
+
+    t0 = t0 / np.linalg.norm(t0)
+    # tangent basis of the unit sphere at t0
+    a = np.eye(3)[int(np.argmin(np.abs(t0)))]
+    e1 = np.cross(t0, a)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(t0, e1)
+
+    def unpack(p):
+        R = _rodrigues(p[:3]) @ R0
+        t = t0 + p[3] * e1 + p[4] * e2
+        return R, t / np.linalg.norm(t)
+
+    def fun(p):
+        return _sampson_px(*unpack(p), ua, ub, Ka, Kb)
+
+    rms0 = float(np.sqrt(np.mean(fun(np.zeros(5)) ** 2)))
+    try:
+        sol = least_squares(fun, np.zeros(5), loss="soft_l1", f_scale=max(float(ransac_px), 1e-3), method="trf",
+                            x_scale=1e-3, max_nfev=100)
+    except Exception:  # pragma: no cover - numerical trouble: keep the MAGSAC pose
+        return R0, t0, rms0, rms0, False
+    R1, t1 = unpack(sol.x)
+    rms1 = float(np.sqrt(np.mean(fun(sol.x) ** 2)))
+    if np.isfinite(rms1) and rms1 < rms0:
+        return R1, t1, rms0, rms1, True
+    return R0, t0, rms0, rms0, False
+
+
+def _triangulate(cv2, na, nb, R, t):
+    """DLT triangulation from normalised coordinates; returns X in A's frame [N,3]."""
+    P1 = np.hstack([np.eye(3), np.zeros((3, 1))])
+    P2 = np.hstack([R, t.reshape(3, 1)])
+    Xh = cv2.triangulatePoints(P1, P2, na.T.astype(np.float64), nb.T.astype(np.float64))
+    w = Xh[3]
+    w = np.where(np.abs(w) < 1e-12, np.copysign(1e-12, w), w)
+    return (Xh[:3] / w).T
+
+
+def _project(X, K):
+    x = X @ K.T
+    return x[:, :2] / x[:, 2:3], X[:, 2]
+
+
+def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Sample img [H,W,C] at engine pixel coordinates uv [N,2] (pixel centres at +0.5), clamped at the border."""
+    H, W, C = img.shape
+    x = np.clip(uv[:, 0] - 0.5, 0, W - 1)
+    y = np.clip(uv[:, 1] - 0.5, 0, H - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    out = (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x1] * fx * (1 - fy)
+           + img[y1, x0] * (1 - fx) * fy + img[y1, x1] * fx * fy)
+    if C == 1:
+        out = np.repeat(out, 3, 1)
+    return np.clip(out, 0, 1)
+
+
+def _smoothstep(x, lo, hi):
+    u = min(max((x - lo) / (hi - lo), 0.0), 1.0)
+    return u * u * (3 - 2 * u)
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+def estimate_relative_pose(
+    img_a,
+    img_b,
+    K_a,
+    K_b,
+    *,
+    max_features: int = 8000,
+    ratio: float = 0.8,
+    ransac_px: float = 1.0,
+    max_side: int = 1024,
+    max_upscale: float = 2.0,
+    contrast_threshold: float = 0.02,
+    min_inliers: int = 40,
+    min_parallax_deg: float = 1.0,
+    seed: int = 0,
+) -> PoseEstimate:
+    """Relative pose of two photos of a static scene with known intrinsics.
+
+    Args:
+        img_a, img_b: float tensors ``[H,W,3]`` (or ``[H,W]``) in 0..1; the sizes may differ.
+        K_a, K_b: ``[3,3]`` pixel intrinsics of each image at its own size (see :func:`focal_from_fov` when unknown).
+        max_features: SIFT keypoints kept per image (strongest first).
+        ratio: Lowe ratio-test threshold (lower = stricter).
+        ransac_px: MAGSAC++ threshold in pixels (epipolar distance), also the refinement's robust-loss scale.
+        max_side: images whose longer side exceeds this are shrunk for detection (keypoints are mapped back).
+        min_inliers: fewer matches / essential-matrix inliers than this -> :class:`DegeneratePairError`.
+        min_parallax_deg: median triangulation angle below this -> :class:`DegeneratePairError` (pure rotation).
+        seed: seed of OpenCV's RNG (MAGSAC sampling); the result is deterministic for a given seed.
+
+    Returns:
+        :class:`PoseEstimate`. ``report`` keys: ``n_keypoints_a``, ``n_keypoints_b``, ``n_matches``, ``n_inliers``
+        (essential-matrix inliers), ``inlier_ratio`` (n_inliers / n_matches), ``median_parallax_deg`` (median angle
+        between the two viewing rays of the inliers), ``reproj_error_px`` (median reprojection error of the kept
+        3D points, mean of both views), ``sampson_error_px`` (RMS over the inliers, after refinement),
+        ``refined`` (whether the refinement was kept), ``n_points`` (kept 3D points),
+        ``homography_inlier_ratio`` (fraction of the essential inliers that one homography also explains within
+        ``2 * ransac_px``; near 1 means a planar scene or pure rotation), ``confidence`` (0..1, see below),
+        ``size_a``/``size_b`` ((W, H) of each input), ``median_displacement_px``.
+
+        ``confidence = (1 - exp(-n_inliers / 100)) * smoothstep(parallax, min_parallax_deg, 4 * min_parallax_deg)
+        * (0.5 + 0.5 * min(1, inlier_ratio / 0.5)) * (1 - 0.5 * smoothstep(h_ratio, 0.8, 1.0))``: many inliers,
+        a wide triangulation angle, a clean match set and a non-planar configuration all push it towards 1.
+
+    Raises:
+        DegeneratePairError (a ``ValueError``): images smaller than 64 px or containing NaN, too few matches (no
+        overlap / unrelated images), identical or nearly identical images (median match displacement < 0.5 px),
+        pure rotation / too little parallax, or no triangulable points.
+        ValueError: malformed ``K``.
+        ImportError: OpenCV missing.
+    """
+    cv2 = _import_cv2()
+    A = _as_image(img_a, "image A")
+    B = _as_image(img_b, "image B")
+    Ka, Kb = _as_K(K_a, "K_a"), _as_K(K_b, "K_b")
+    Ha, Wa = A.shape[:2]
+    Hb, Wb = B.shape[:2]
+    if min_inliers < 8:
+        raise ValueError(f"min_inliers must be >= 8, got {min_inliers}")
+
+    # 1-2. features and matches
+    uva, da = _detect(cv2, _gray_u8(A), max_side, max_upscale, max_features, contrast_threshold)
+    uvb, db = _detect(cv2, _gray_u8(B), max_side, max_upscale, max_features, contrast_threshold)
+    report: dict = {"n_keypoints_a": int(len(uva)), "n_keypoints_b": int(len(uvb)),
+                    "size_a": (int(Wa), int(Ha)), "size_b": (int(Wb), int(Hb))}
+    for name, n in (("image A", len(uva)), ("image B", len(uvb))):
+        if n < min_inliers:
+            raise DegeneratePairError(
+                f"{name} has only {n} SIFT features (need >= {min_inliers}): it is too flat, blurry, dark or small. "
+                f"Use a sharper, well-exposed photo of a textured scene."
+            )
+    pairs = _match(da, db, ratio)
+    report["n_matches"] = int(len(pairs))
+    if len(pairs) < min_inliers:
+        raise DegeneratePairError(
+            f"only {len(pairs)} feature matches between the images (need >= {min_inliers}): the photos do not show "
+            f"the same scene or overlap too little. Take the second photo of the same subject from a nearby position "
+            f"(keep most of the subject in both frames)."
+        )
+    ua, ub = uva[pairs[:, 0]], uvb[pairs[:, 1]]
+
+    # identical / near-identical images (compare in A's pixel grid)
+    ub_in_a = ub * np.array([Wa / Wb, Ha / Hb])
+    disp = float(np.median(np.linalg.norm(ub_in_a - ua, axis=1)))
+    report["median_displacement_px"] = disp
+    if disp < 0.5:
+        raise DegeneratePairError(
+            f"the two images are identical or nearly identical (median feature displacement {disp:.2f} px): "
+            f"a 3D reconstruction needs two photos taken from different positions. Move the camera sideways by "
+            f"roughly 5-15% of the distance to the subject between the shots."
+        )
+
+    # 3. essential matrix with MAGSAC++ on normalised coordinates
+    na, nb = _normalize(ua, Ka), _normalize(ub, Kb)
+    f_mean = float(np.mean([Ka[0, 0], Ka[1, 1], Kb[0, 0], Kb[1, 1]]))
+    cv2.setRNGSeed(int(seed))
+    E, mask = cv2.findEssentialMat(na, nb, np.eye(3), method=cv2.USAC_MAGSAC, prob=0.9999,
+                                   threshold=float(ransac_px) / f_mean, maxIters=10000)
+    if E is not None and E.ndim == 2 and E.shape[0] > 3 and E.shape[1] == 3:
+        E = E[:3]  # several stacked solutions: the first is the best one
+    n_e = 0 if mask is None or E is None else int(mask.sum())
+    if E is None or E.shape != (3, 3) or n_e < min_inliers:
+        raise DegeneratePairError(
+            f"only {n_e} of {len(pairs)} matches agree with one camera motion (need >= {min_inliers}): the images "
+            f"do not overlap enough, show different scenes, or the scene moved between the shots. Use two photos "
+            f"of the same static subject from nearby positions; check that the intrinsics are plausible."
+        )
+    inl = mask.ravel().astype(bool)
+
+    # 4. cheirality
+    _, R, t, _ = cv2.recoverPose(E, na[inl], nb[inl], np.eye(3))
+    R, t = R.astype(np.float64), t.reshape(3).astype(np.float64)
+    t = t / np.linalg.norm(t)
+
+    # 5. refinement on the MAGSAC inliers, then twice: re-select the inliers among all matches (|Sampson| <
+    #    ransac_px under the refined pose) and refine again. Each refinement is kept only if it lowers the RMS
+    #    Sampson error of its inlier set.
+    R, t, rms0, _, used = _refine(R, t, ua[inl], ub[inl], Ka, Kb, ransac_px)
+    n_magsac = int(inl.sum())
+    for _ in range(2):
+        new_inl = np.abs(_sampson_px(R, t, ua, ub, Ka, Kb)) < float(ransac_px)
+        if int(new_inl.sum()) < min_inliers:
+            break
+        inl = new_inl
+        R, t, _, _, u = _refine(R, t, ua[inl], ub[inl], Ka, Kb, ransac_px)
+        used = used or u
+    rms1 = float(np.sqrt(np.mean(_sampson_px(R, t, ua[inl], ub[inl], Ka, Kb) ** 2)))
+    ia, ib, nia, nib = ua[inl], ub[inl], na[inl], nb[inl]
+    report.update(n_inliers=int(inl.sum()), n_inliers_magsac=n_magsac, inlier_ratio=float(inl.sum()) / len(pairs),
+                  sampson_error_px=rms1, sampson_error_before_refine_px=rms0, refined=bool(used))
+
+    # parallax: angle between the two viewing rays of each inlier (independent of |t|)
+    ra = np.concatenate([nia, np.ones((len(nia), 1))], 1)
+    rb = np.concatenate([nib, np.ones((len(nib), 1))], 1) @ R  # R^T rb: B's ray in A's frame
+    cosang = np.sum(ra * rb, 1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1))
+    ang = np.degrees(np.arccos(np.clip(cosang, -1, 1)))
+    parallax = float(np.median(ang))
+    report["median_parallax_deg"] = parallax
+
+    # homography check: a single homography explaining the inliers = plane or pure rotation
+    Hm, hmask = cv2.findHomography(ia, ib, cv2.USAC_MAGSAC, 2.0 * float(ransac_px), maxIters=5000)
+    h_ratio = float(hmask.sum()) / len(ia) if Hm is not None and hmask is not None else 0.0
+    report["homography_inlier_ratio"] = h_ratio
+
+    if parallax < min_parallax_deg or (h_ratio >= 0.9 and parallax < 2.0 * min_parallax_deg):
+        raise DegeneratePairError(
+            f"too little parallax between the images (median triangulation angle {parallax:.2f} deg, "
+            f"{100 * h_ratio:.0f}% of the matches fit a single homography): the camera rotated in place (or barely "
+            f"moved), so depth cannot be recovered. Move the camera sideways between the shots (a step of ~5-15% "
+            f"of the subject distance) instead of only turning it."
+        )
+
+    # 6. triangulation and the sparse cloud
+    X = _triangulate(cv2, nia, nib, R, t)
+    Xb = X @ R.T + t
+    pa, za = _project(X, Ka)
+    pb, zb = _project(Xb, Kb)
+    err = 0.5 * (np.linalg.norm(pa - ia, axis=1) + np.linalg.norm(pb - ib, axis=1))
+    finite = np.isfinite(X).all(1) & np.isfinite(err)
+    keep = finite & (za > 0) & (zb > 0) & (err < max(2.0, 3.0 * float(ransac_px))) & (ang > 0.25 * min_parallax_deg)
+    if int(keep.sum()) < 8:
+        raise DegeneratePairError(
+            f"only {int(keep.sum())} matched points triangulate in front of both cameras: the relative pose is "
+            f"unreliable (wrong intrinsics or too little parallax). Check the focal length / field of view and move "
+            f"the camera sideways between the shots."
+        )
+    report["n_points"] = int(keep.sum())
+    report["reproj_error_px"] = float(np.median(err[keep]))
+    depths = np.concatenate([za[keep], zb[keep]])
+    near = 0.8 * float(np.percentile(depths, 2))
+    far = 1.25 * float(np.percentile(depths, 98))
+    if not far > near:  # pragma: no cover - percentiles are ordered
+        far = near * 2.0
+
+    conf = ((1.0 - math.exp(-report["n_inliers"] / 100.0))
+            * _smoothstep(parallax, min_parallax_deg, 4.0 * min_parallax_deg)
+            * (0.5 + 0.5 * min(1.0, report["inlier_ratio"] / 0.5))
+            * (1.0 - 0.5 * _smoothstep(h_ratio, 0.8, 1.0)))
+    report["confidence"] = float(conf)
+
+    # cameras: A = identity, B = inverse of [R | t]; both at A's image size
+    c2w = np.tile(np.eye(4), (2, 1, 1))
+    c2w[1, :3, :3] = R.T
+    c2w[1, :3, 3] = -R.T @ t
+    Kb_a = Kb.copy()
+    Kb_a[0] *= Wa / Wb
+    Kb_a[1] *= Ha / Hb
+    cams = Cameras(
+        c2w=torch.from_numpy(c2w).float(), K=torch.from_numpy(np.stack([Ka, Kb_a])).float(), width=Wa, height=Ha,
+        near=near, far=far, names=["a", "b"],
+    )
+    colors = _bilinear(A, ia[keep])
+    return PoseEstimate(
+        cameras=cams,
+        points3d=torch.from_numpy(X[keep]).float(),
+        colors=torch.from_numpy(colors).float(),
+        near=near,
+        far=far,
+        report=report,
+    )
