@@ -5,6 +5,7 @@ the video frames). Everything else is a core type: IMAGE, MASK, SPLAT, LOAD3D_CA
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -190,7 +191,6 @@ class SplatReconstruct:
         from vscene_engine.pipeline import reconstruct
 
         bg = _parse_color(background)
-        init_scene = host.splat_to_scenes(init)[0].to(dtype=torch.float32) if init is not None else None
         if views is not None and input_view_weight == 0:
             views = None
         bar = host.progress(iterations, "reconstruct splat")
@@ -199,9 +199,18 @@ class SplatReconstruct:
             host.check_interrupt()
             bar.update_absolute(it, preview=preview if it % 25 == 0 or it == total else None)
 
-        res = reconstruct(frames.float().cpu(), trajectory, views, init_scene, iters=iterations, densify=densify,
-                          input_view_weight=max(1, input_view_weight), sh_degree=sh_degree, seed=seed,
-                          background=bg, progress=prog, check_interrupt=host.check_interrupt)
+        # ComfyUI executes every node inside torch.inference_mode() (execution.py), where autograd is off and the
+        # input tensors are "inference tensors" that cannot be saved for backward. Fitting needs gradients: leave
+        # inference mode and work on normal copies of every input tensor.
+        with torch.inference_mode(False), torch.enable_grad():
+            frames_t = frames.detach().float().cpu().clone()
+            traj = trajectory.clone()
+            if views is not None:
+                views = dataclasses.replace(views, images=views.images.clone(), cameras=views.cameras.clone())
+            init_scene = host.splat_to_scenes(init)[0].to(dtype=torch.float32).clone() if init is not None else None
+            res = reconstruct(frames_t, traj, views, init_scene, iters=iterations, densify=densify,
+                              input_view_weight=max(1, input_view_weight), sh_degree=sh_degree, seed=seed,
+                              background=bg, progress=prog, check_interrupt=host.check_interrupt)
         bar.close()
         vals = list(res.psnr_per_view.values())
         report = {"mean_psnr": sum(vals) / len(vals), "per_view": res.psnr_per_view, "gaussians": len(res.scene)}

@@ -184,7 +184,7 @@ def test_fit_with_densify_changes_count_and_improves(synthetic):
     assert sum(h["densify"]["split"] + h["densify"]["cloned"] for h in steps) > 0
     with torch.no_grad():
         p = float(psnr(render(res.scene, held).rgb, held_imgs))
-    assert p > 21.0  # measured 25.3 dB (22.9 without densification)
+    assert p > 21.0  # measured 24.8 dB (22.9 without densification)
 
 
 def test_rebuild_carries_adam_moments():

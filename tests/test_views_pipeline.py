@@ -114,3 +114,45 @@ def test_reconstruct_checks_and_improves(photos):
     assert set(res.psnr_per_view) == {f"frame_{i:04d}" for i in range(5)} | {"view_a", "view_b"}
     start = float(-10 * torch.log10(((frames - 1.0) ** 2).mean()))  # PSNR of an empty white render
     assert min(res.psnr_per_view.values()) > start + 1.0
+
+
+def test_cli_prior_and_reconstruct_with_transforms_json(tmp_path, photos):
+    """prior: cameras picked by file name from a transforms.json; reconstruct from its outputs."""
+    from vscene_engine.camera_formats import load_cameras, to_nerf
+    from vscene_engine.video import read_frames
+
+    _, cams, imgs = photos
+    save_image(imgs[0], tmp_path / "r_0.png")
+    save_image(imgs[1], tmp_path / "r_7.png")
+    data = to_nerf(Cameras.cat([cams[1], cams[0]]))  # stored in the other order: selection is by name
+    data["frames"][0]["file_path"] = "./r_7"
+    data["frames"][1]["file_path"] = "./r_0"
+    (tmp_path / "transforms.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    rc = main(["prior", "--image-a", str(tmp_path / "r_0.png"), "--image-b", str(tmp_path / "r_7.png"),
+               "--cameras", str(tmp_path / "transforms.json"), "--frames", "5", "--size", "64", "--num-depths", "16",
+               "--out", str(out)])
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} >= {"cameras.json", "trajectory.json", "prior.ply", "coarse.mp4"}
+    got = load_cameras(out / "cameras.json")
+    assert torch.allclose(got.c2w[0], cams.c2w[0], atol=1e-5) and torch.allclose(got.c2w[1], cams.c2w[1], atol=1e-5)
+    assert read_frames(out / "coarse.mp4").shape[0] == 5
+    out2 = tmp_path / "rec"
+    assert main(["reconstruct", "--frames", str(out / "coarse.mp4"), "--trajectory", str(out / "trajectory.json"),
+                 "--init", str(out / "prior.ply"), "--iters", "5", "--out", str(out2)]) == 0
+    assert (out2 / "scene.ply").is_file() and (out2 / "renders.mp4").is_file()
+
+
+def test_cli_prior_bad_input_writes_nothing(tmp_path, photos):
+    _, _, imgs = photos
+    save_image(imgs[0][:40, :40], tmp_path / "a.png")
+    save_image(imgs[1], tmp_path / "b.png")
+    out = tmp_path / "out"
+    assert main(["prior", "--image-a", str(tmp_path / "a.png"), "--image-b", str(tmp_path / "b.png"),
+                 "--out", str(out)]) == 2
+    save_image(imgs[0], tmp_path / "a.png")
+    assert main(["prior", "--image-a", str(tmp_path / "a.png"), "--image-b", str(tmp_path / "a.png"),
+                 "--out", str(out)]) == 2  # identical photos: a clear refusal
+    assert main(["prior", "--image-a", str(tmp_path / "a.png"), "--image-b", str(tmp_path / "b.png"),
+                 "--frames", "1", "--out", str(out)]) == 2
+    assert not out.exists()

@@ -45,7 +45,8 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return a, b
 
 
-def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=torch.float32, device=None) -> torch.Tensor:
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=torch.float32,
+                    device=None) -> torch.Tensor:
     """1-D Gaussian taps ``[size]`` centred on the middle tap, normalised to sum 1."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
     w = torch.exp(-(x * x) / (2.0 * sigma * sigma))

@@ -138,7 +138,8 @@ def default_bbox(cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
         center = c.mean(0) + fwd * depth
     dist = (c - center).norm(dim=-1)
     K = cameras.K.detach().double().cpu()
-    half_fov = torch.minimum(torch.atan(cameras.width / (2 * K[:, 0, 0])), torch.atan(cameras.height / (2 * K[:, 1, 1])))
+    half_fov = torch.minimum(torch.atan(cameras.width / (2 * K[:, 0, 0])),
+                             torch.atan(cameras.height / (2 * K[:, 1, 1])))
     seen = float((dist * torch.sin(half_fov)).median())
     r = min(0.5 * float(dist.mean()), seen)
     if not r > 0:
@@ -171,8 +172,9 @@ def random_init(cameras: Cameras, n: int, *, bbox=None, sh_degree: int = 0, init
     sh[:, 0] = rgb_to_sh_dc(rgb)
     quats = torch.zeros(n, 4, dtype=f64)
     quats[:, 0] = 1
-    return GaussianScene(means, torch.full((n, 3), scale, dtype=f64), quats, torch.full((n,), float(opacity), dtype=f64),
-                         sh).to(dtype=dtype)
+    scales = torch.full((n, 3), scale, dtype=f64)
+    opac = torch.full((n,), float(opacity), dtype=f64)
+    return GaussianScene(means, scales, quats, opac, sh).to(dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------ trainable params

@@ -37,12 +37,15 @@ Algorithm (each view is the *reference* once, the other one is the *source*):
 6. **Winner takes all** over the planes, with **parabolic sub-plane refinement** in inverse depth: the parabola
    through the costs of the winner and its two neighbours gives the offset
    ``(c[k-1] - c[k+1]) / (2 (c[k-1] - 2 c[k] + c[k+1]))`` (clamped to ``+-0.5`` plane).
-7. **Confidence** ``1 - c_best / c_second`` (clamped to 0..1; the "peak ratio" measure): ``c_second`` is the lowest
-   cost of the planes more than ``exclusion_px`` pixels of epipolar displacement away from the winner. 0 means an
-   ambiguous match (textureless or repetitive surface, or occlusion), values near 1 a unique sharp minimum.
+7. **Confidence** ``(c_second - c_best) / max(c_second, confidence_floor)`` (clamped to 0..1; the "peak ratio"
+   measure ``1 - c_best / c_second``, with a floor so that near-zero costs everywhere, e.g. on a uniform white wall,
+   give ~0 instead of a ratio of two tiny numbers): ``c_second`` is the lowest cost of the planes more than
+   ``exclusion_px`` pixels of epipolar displacement away from the winner. 0 means an ambiguous match (textureless or
+   repetitive surface, or occlusion), values near 1 a unique sharp minimum.
 8. **Validity.** A pixel is invalid when its winner is the first or last plane (its depth is probably outside
-   ``[near, far]``), when fewer than half of the planes could be sampled in the source, when its confidence is below
-   ``min_confidence``, or when it fails the **left-right consistency check**: its 3D point is projected into the
+   ``[near, far]``), when its winning point is not seen by the source camera (behind it or outside its image: the
+   cost there was the out-of-view penalty), when its confidence is below ``min_confidence``, or when it fails the
+   **left-right consistency check**: its 3D point is projected into the
    other view and its depth there must agree with the other view's own estimate at that pixel (any of the 2x2
    nearest pixels, which must themselves have passed the checks above): ``|z_proj - z_other| < lr_check_rel *
    z_other``. Occluded pixels (seen only by the reference) and pixels whose point leaves the other image fail it.
@@ -123,7 +126,8 @@ def _census_bits(g: Tensor, radius: int, eps: float) -> list[Tensor]:
 
 def _check_images(images, cams) -> Tensor:
     if not isinstance(cams, Cameras):
-        raise ValueError(f"stereo: cams must be a vscene_engine Cameras batch with 2 cameras, got {type(cams).__name__}")
+        raise ValueError(f"stereo: cams must be a vscene_engine Cameras batch with 2 cameras, got "
+                         f"{type(cams).__name__}")
     if len(cams) != 2:
         raise ValueError(f"stereo: need exactly 2 cameras (one per photo), got {len(cams)}")
     if not isinstance(images, Tensor):
@@ -370,7 +374,7 @@ def stereo_depth(
     census_weight: float = 0.6,
     ad_trunc: float = 0.1,
     aggregation: str = "guided",
-    window: int = 7,
+    window: int = 3,
     guided_eps: float = 1e-3,
     plane_step_px: Optional[float] = 1.0,
     max_depths: int = 256,
@@ -398,7 +402,7 @@ def stereo_depth(
         aggregation: ``"guided"`` | ``"box"`` | ``"none"`` over a ``window x window`` neighbourhood (odd;
             ``guided_eps`` regularises the guided filter).
         exclusion_px: planes within this epipolar displacement of the winner are ignored when looking for the
-            second-best cost of the confidence ratio.
+            second-best cost of the confidence ratio; ``confidence_floor``: the ratio's lower bound on ``c_second``.
         lr_check_rel: relative depth tolerance of the left-right consistency check.
         min_confidence: pixels with a lower confidence are invalid.
         batch_planes: planes warped at once (memory ~ ``batch_planes * h * w * 30`` floats).

@@ -37,10 +37,12 @@ def _surfels(points, normals, colors, size, thickness=0.15, opacity=0.95):
     return points, scales, rotmat_to_quat(R), torch.full((n,), opacity), colors
 
 
-def procedural_scene(n: int = 40000, seed: int = 0, sh_degree: int = 1) -> GaussianScene:
+def procedural_scene(n: int = 40000, seed: int = 0, sh_degree: int = 1, texture: float = 0.8) -> GaussianScene:
     """A small tabletop: checkered ground, three shaded spheres and a box, as ~n surfel Gaussians (float32).
 
-    Degree-1 SH carry a mild view-dependent tint so view dependence is exercised. Deterministic for a seed.
+    ``texture``: strength of a per-surfel brightness speckle (0 = smooth) — real photos have texture, and feature
+    matching / stereo need it. Degree-1 SH carry a mild view-dependent tint so view dependence is exercised.
+    Deterministic for a seed.
     """
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
@@ -91,6 +93,15 @@ def procedural_scene(n: int = 40000, seed: int = 0, sh_degree: int = 1) -> Gauss
     parts.append(_surfels(pts, nrm, col, 0.7 * hs * math.sqrt(6 * 4.0 / nb)))
 
     means, scales, quats, opac, cols = (torch.cat(t) for t in zip(*parts))
+    if texture > 0:  # multi-scale 3D texture: a sum of random plane waves of the world position (blobs for SIFT)
+        k = 32
+        dirs = torch.randn(k, 3, generator=g)
+        freq = torch.exp(torch.rand(k, generator=g) * math.log(40.0 / 5.0)) * 5.0  # 5..40 cycles per unit
+        omega = dirs / dirs.norm(dim=-1, keepdim=True) * freq[:, None] * 2 * math.pi
+        phase = torch.rand(k, generator=g) * 2 * math.pi
+        amp = 1.0 / torch.sqrt(freq)
+        noise = (torch.sin(means @ omega.T + phase) * amp).sum(-1) / amp.norm()
+        cols = cols * (1.0 + texture * noise.clamp(-2, 2)[:, None] / 2)
     K = (sh_degree + 1) ** 2
     sh = torch.zeros(means.shape[0], K, 3)
     sh[:, 0] = rgb_to_sh_dc(cols.clamp(0, 1))
@@ -100,10 +111,11 @@ def procedural_scene(n: int = 40000, seed: int = 0, sh_degree: int = 1) -> Gauss
 
 
 def demo_cameras(width: int = 256, height: int = 192, fov_deg: float = 55.0) -> Cameras:
-    """Two views of :func:`procedural_scene`, ~1 unit apart, both looking at the objects (the 'two photos')."""
+    """Two views of :func:`procedural_scene`, ~0.7 units apart (~3 units from the objects), both looking at them (the
+    'two photos')."""
     f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
     target = torch.tensor([0.0, 0.35, 3.0])
-    eyes = torch.tensor([[-0.6, -0.35, 0.0], [0.6, -0.25, 0.15]])
+    eyes = torch.tensor([[-0.35, -0.35, 0.0], [0.35, -0.28, 0.1]])
     c2w = look_at(eyes, target.expand(2, 3))
     K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
     return Cameras(c2w=c2w, K=K, width=width, height=height, near=0.5, far=10.0, names=["view_a", "view_b"])
