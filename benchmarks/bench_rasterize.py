@@ -82,10 +82,13 @@ def main(argv=None):
     ap.add_argument("--backends", default="torch", help="comma list: torch,gsplat (gsplat needs CUDA)")
     ap.add_argument("--comfyui", default=None, help="path to a ComfyUI checkout: also time core RenderSplat")
     ap.add_argument("--save-images", default=None, help="folder to write the rendered frames (PNG)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     scene, cam = build_scene()
     scene, cam = scene.to(device=dev), cam.to(device=dev, dtype=torch.float32)

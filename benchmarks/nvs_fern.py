@@ -105,7 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=300, help="fit iterations of (b), (b0), (c) and (d)")
     ap.add_argument("--variants", default="a,a0,b,b0,c,d", help=f"comma list of {','.join(VARIANTS)}")
     ap.add_argument("--frames", type=int, default=49, help="path frames rendered from the prior for (b)")
-    ap.add_argument("--input-weight", type=int, default=6, help="times the 2 real photos are repeated in (b)")
+    ap.add_argument("--input-weight", type=int, default=24,
+                    help="times the 2 real photos are repeated in (b): 24 makes them ~half of the 97 training views "
+                         "(6 gave 16.73 dB vs 17.33 dB held-out PSNR)")
     ap.add_argument("--n-init", type=int, default=20000, help="random Gaussians of (c)")
     ap.add_argument("--sh-degree", type=int, default=0)
     ap.add_argument("--no-densify", action="store_true")
