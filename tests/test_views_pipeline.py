@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from vscene_engine.camera_formats import save_cameras, to_vscene
+
 from vscene_engine.cameras import Cameras
 from vscene_engine.cli import main
 from vscene_engine.imageio import save_image
-from vscene_engine.pipeline import coarse_video, make_path, reconstruct
+from vscene_engine.pipeline import make_path, reconstruct
 from vscene_engine.rasterize import render
 from vscene_engine.synthetic import demo_cameras, procedural_scene
 from vscene_engine.views import make_view_pair
