@@ -12,6 +12,7 @@ Public API (shapes in the docstrings):
 * torch_device(), offload_device(), intermediate_device(), preferred_dtype(device, model_params=None),
   soft_empty_cache()
 * ManagedModule(module, load_device=None, offload_device=None): load_to_gpu(extra_memory=0), offload()
+* ManagedPlacer(modules, mode, extra_memory): a vscene_engine Placer over ManagedModules (default/offload/sequential)
 * register_model_folder(name, subdir, extensions, kind="files"), model_dirs(name), list_models(name),
   model_path(name, filename); folders "videoscene", "CogVideo" (diffusers folders), "mvsplat" are registered
   at import time
@@ -289,6 +290,13 @@ class _Holder(torch.nn.Module):
         return self.inner(*a, **k)
 
 
+def _holder_for(module: torch.nn.Module) -> _Holder:
+    """A _Holder subclass named after the wrapped module, so ComfyUI's log says e.g. "Requested to load
+    VideoScene_CogVideoXTransformer3DModel" instead of "_Holder"."""
+    cls = type(f"VideoScene_{type(module).__name__}", (_Holder,), {})
+    return cls(module)
+
+
 class ManagedModule:
     """An arbitrary ``torch.nn.Module`` under the host's memory manager.
 
@@ -306,7 +314,7 @@ class ManagedModule:
         self.offload_device = torch.device(offload_device) if offload_device is not None else _offload_default()
         self.patcher = None
         if HOST_AVAILABLE and _ModelPatcher is not None:
-            self.patcher = _ModelPatcher(_Holder(module), load_device=self.load_device,
+            self.patcher = _ModelPatcher(_holder_for(module), load_device=self.load_device,
                                          offload_device=self.offload_device, size=int(size))
 
     @property
@@ -345,6 +353,51 @@ class ManagedModule:
         else:
             self.module.to(self.offload_device)
         return self.module
+
+
+class ManagedPlacer:
+    """A ``vscene_engine.videomodel.Placer`` whose modules live under the host's memory manager.
+
+    ``modules``: {name: torch.nn.Module}; each becomes a :class:`ManagedModule` (ModelPatcher under ComfyUI).
+    ``mode``: "default" - load a module when used and leave it loaded (ComfyUI evicts it when memory is needed);
+    "offload" - move it back to the offload device after every use (encode / denoise / decode never share
+    memory); "sequential" - like offload, and the transformer is streamed block by block
+    (``StreamingPlacer``) instead of loaded whole. ``extra_memory``: {name: bytes} reserved for activations.
+    """
+
+    MODES = ("default", "offload", "sequential")
+
+    def __init__(self, modules: dict, mode: str = "default", extra_memory: dict | None = None):
+        if mode not in self.MODES:
+            raise ValueError(f"memory mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+        self.extra = dict(extra_memory or {})
+        self.managed = {name: ManagedModule(m, size=_module_bytes(m)) for name, m in modules.items()}
+
+    @contextlib.contextmanager
+    def use(self, name: str, module: torch.nn.Module):
+        mm = self.managed.get(name)
+        if mm is None or mm.module is not module:
+            mm = self.managed[name] = ManagedModule(module, size=_module_bytes(module))
+        if self.mode == "sequential" and name == "transformer":
+            from vscene_engine.videomodel import StreamingPlacer
+
+            mm.offload()
+            soft_empty_cache()
+            with StreamingPlacer(mm.load_device, mm.offload_device).use(name, module) as m:
+                yield m
+            return
+        mm.load_to_gpu(extra_memory=int(self.extra.get(name, 0)))
+        try:
+            yield mm.module
+        finally:
+            if self.mode != "default":
+                mm.offload()
+                soft_empty_cache()
+
+
+def _module_bytes(m: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
 
 
 def _offload_default() -> torch.device:

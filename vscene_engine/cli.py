@@ -3,6 +3,9 @@
 render       PLY scene + cameras (any format camera_formats reads) -> one PNG per camera, named after the camera.
 prior        two photos (+ optional cameras) -> cameras.json, trajectory.json, prior.ply, coarse.mp4.
 reconstruct  frames (video or image folder) + trajectory.json [+ init PLY] -> scene.ply, renders.mp4, report.json.
+leap         VideoScene's one-step student on a coarse video: CogVideoX I2V folder + weights + prompt embedding ->
+             video.mp4 (optionally also the multi-step teacher: teacher.mp4).
+tiny-model   write a tiny random CogVideoX I2V model in the real folder layout (tests, demos, CPU workflows).
 demo         the whole path on a scene the engine makes itself (no downloads, no data): see :mod:`vscene_engine.demo`.
 
 Errors in the user's input print one clear line (``error: ...``) and exit with code 2; nothing partial is written.
@@ -152,6 +155,65 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def cmd_leap(args) -> int:
+    import json
+
+    from .atomic import atomic_write_bytes
+    from .cogvideo_load import load_video_model
+    from .imageio import load_image
+    from .leap import leap_sample, teacher_sample
+    from .video import read_frames, write_video
+    from .videomodel import DevicePlacer, StreamingPlacer
+
+    video = read_frames(args.video)
+    img_a, img_b = load_image(args.image_a), load_image(args.image_b)
+    device = args.device
+    placer = {"default": DevicePlacer(device), "offload": DevicePlacer(device, offload_to="cpu"),
+              "sequential": StreamingPlacer(device, offload_to="cpu")}[args.memory]
+    model = load_video_model(args.model, weights=args.weights, prompt_embeds=args.prompt_embeds,
+                             prompt=args.prompt, negative_prompt_embeds=args.negative_prompt_embeds,
+                             device=device, dtype=args.dtype, placer=placer)
+    model.check_frames(video.shape[0])
+    print(f"loaded {args.model} ({model.n_params / 1e6:.1f}M parameters, {str(model.dtype).replace('torch.', '')})"
+          + (f"; weights: {model.report['weights']['summary']}" if model.report.get("weights") else ""),
+          file=sys.stderr)
+    total = 2 + args.steps
+    bar = _bar(total, "leap")
+    res = leap_sample(model, img_a, img_b, video, timestep=args.t, seed=args.seed, steps=args.steps,
+                      aspect=args.aspect, vae_tiling=args.vae_tiling, progress=lambda s, d, n: bar(d))
+    results = {"video.mp4": res}
+    if args.teacher_steps:
+        tbar = _bar(args.teacher_steps + 2, "teacher")
+        results["teacher.mp4"] = teacher_sample(
+            model, img_a, img_b, video, steps=args.teacher_steps, guidance=args.guidance, seed=args.seed,
+            init=args.teacher_init, start_timestep=args.t if args.teacher_init == "video" else None,
+            aspect=args.aspect, vae_tiling=args.vae_tiling, progress=lambda s, d, n: tbar(d))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for name, r in results.items():
+        write_video(r.frames, out / name, fps=args.fps)
+        info[name] = {"timesteps": r.timesteps, **r.info}
+    info["model"] = {"base": str(args.model), "dtype": str(model.dtype), **model.report}
+    atomic_write_bytes(out / "leap_report.json", json.dumps(info, indent=1, default=str).encode())
+    print(f"wrote {', '.join(str(out / n) for n in results)} and leap_report.json "
+          f"({res.frames.shape[0]} frames, {res.frames.shape[2]}x{res.frames.shape[1]})")
+    return 0
+
+
+def cmd_tiny_model(args) -> int:
+    from .tiny_cogvideo import install_tiny_model, write_tiny_model
+
+    if bool(args.out) == bool(args.models_dir):
+        raise ValueError("give exactly one of --out DIR or --models-dir DIR")
+    kw = dict(frames=args.frames, height=args.height, width=args.width, seed=args.seed)
+    paths = (write_tiny_model(args.out, **kw) if args.out else
+             install_tiny_model(args.models_dir, name=args.name, **kw))
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
 def _bar(total: int, desc: str):
     """A tqdm progress callback bar(done) (silent when tqdm is missing)."""
     try:
@@ -166,6 +228,15 @@ def _bar(total: int, desc: str):
             t.close()
 
     return update
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +285,44 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--fps", type=float, default=8.0)
     rc.add_argument("--out", required=True)
     rc.set_defaults(func=cmd_reconstruct)
+
+    lp = sub.add_parser("leap", help="VideoScene one-step student: coarse video + two views -> video.mp4")
+    lp.add_argument("--model", required=True, help="CogVideoX image-to-video diffusers folder (transformer/, vae/, "
+                                                   "scheduler/), e.g. models/CogVideo/CogvideoX-Interpolation")
+    lp.add_argument("--weights", default=None, help="VideoScene student weights (model.safetensors); absent: the "
+                                                    "base model as is")
+    lp.add_argument("--prompt-embeds", default=None, help="fixed prompt embedding (prompt_embeds.pt)")
+    lp.add_argument("--prompt", default=None, help="prompt (only without --prompt-embeds; needs the folder's T5)")
+    lp.add_argument("--negative-prompt-embeds", default=None, help="negative embedding (teacher CFG)")
+    lp.add_argument("--image-a", required=True, help="first view (first frame condition)")
+    lp.add_argument("--image-b", required=True, help="second view (last frame condition)")
+    lp.add_argument("--video", required=True, help="coarse video rendered along the path (e.g. prior's coarse.mp4; "
+                                                   "49 frames for CogVideoX-5B) or a folder of frames")
+    lp.add_argument("--t", type=int, default=549, help="leap timestep (VideoScene: 549; its demo: 459)")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--steps", type=int, default=1, help="student steps (1 = VideoScene)")
+    lp.add_argument("--teacher-steps", type=int, default=0, help="also run the DDIM teacher with N steps")
+    lp.add_argument("--teacher-init", default="noise", choices=["noise", "video"])
+    lp.add_argument("--guidance", type=float, default=1.0, help="teacher CFG scale (>1 needs a negative embedding)")
+    lp.add_argument("--aspect", default="stretch", choices=["stretch", "crop", "pad"])
+    lp.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    lp.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
+    lp.add_argument("--memory", default="default", choices=["default", "offload", "sequential"])
+    lp.add_argument("--vae-tiling", action="store_true")
+    lp.add_argument("--fps", type=float, default=8.0)
+    lp.add_argument("--out", required=True, help="output folder: video.mp4 (+ teacher.mp4), leap_report.json")
+    lp.set_defaults(func=cmd_leap)
+
+    tm = sub.add_parser("tiny-model", help="write a tiny random CogVideoX I2V model in the real folder layout")
+    tm.add_argument("--out", default=None, help="folder to create (diffusers layout + videoscene/ weights)")
+    tm.add_argument("--models-dir", default=None, help="or: a ComfyUI models folder; writes CogVideo/<name>/ and "
+                                                       "videoscene/<name>/ (model.safetensors, prompt_embeds.pt)")
+    tm.add_argument("--name", default="tiny-cogvideox-i2v")
+    tm.add_argument("--frames", type=int, default=49)
+    tm.add_argument("--height", type=int, default=64)
+    tm.add_argument("--width", type=int, default=96)
+    tm.add_argument("--seed", type=int, default=0)
+    tm.set_defaults(func=cmd_tiny_model)
 
     from . import demo
 
