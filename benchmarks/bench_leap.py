@@ -61,7 +61,7 @@ def build(size: str, device: str, dtype: torch.dtype) -> VideoModel:
 
 def run_mode(model: VideoModel, mode: str, inputs, repeats: int, t: int) -> dict:
     dev = model.device
-    tiling = mode != "default"
+    tiling = mode != "default" and model.native_size[0] >= 480  # diffusers' tiling is made for 480x720
     if mode == "default":
         model.placer = DevicePlacer(dev)
     elif mode == "offload":

@@ -352,3 +352,10 @@ def test_vae_tiling_size_guard(tiny, inputs):
     with pytest.raises((ValueError, RuntimeError), match="tiling|Kernel size"):
         leap.leap_sample(tiny, first, last, video, seed=5, vae_tiling=True)
     tiny.vae.disable_tiling()
+
+
+def test_attention_uses_pytorch_sdpa(tiny):
+    import inspect
+
+    proc = tiny.transformer.transformer_blocks[0].attn1.processor
+    assert "scaled_dot_product_attention" in inspect.getsource(type(proc).__call__)

@@ -300,10 +300,10 @@ def encode_conditioning(model: VideoModel, inputs: dict, gen: torch.Generator, v
 
 
 def _set_tiling(vae, on: bool) -> None:
-    if on and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling()
-    elif not on and hasattr(vae, "disable_tiling"):
-        vae.disable_tiling()
+    """VAE tiling (spatial tiles: the memory saver at 480x720) and slicing (batch items one by one) on or off."""
+    for name in (("enable_tiling", "enable_slicing") if on else ("disable_tiling", "disable_slicing")):
+        if hasattr(vae, name):
+            getattr(vae, name)()
 
 
 def _crop_region(grid_hw: tuple[int, int], base_w: int, base_h: int):
