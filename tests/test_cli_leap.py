@@ -67,3 +67,28 @@ def test_leap_cli_bad_input_writes_nothing(setup, capsys, bad, needle):
     assert main(_args(d, out, **bad)) == 2
     assert needle in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_train_ddpnet_cli_and_distill_delegation(setup, capsys):
+    from vscene_engine.ddpnet import load_ddpnet, save_training_sample
+
+    d = setup
+    g = torch.Generator().manual_seed(3)
+    for i in range(3):
+        r = torch.randn(1, 3, 16, 8, 12, generator=g)
+        save_training_sample(d / "ddp_data" / f"s{i}.safetensors", r, r + 0.1 * torch.randn(r.shape, generator=g),
+                             torch.randn(r.shape, generator=g))
+    out = d / "ddpnet.safetensors"
+    assert main(["train-ddpnet", "--model", str(d / "models/CogVideo/tiny"), "--weights",
+                 str(d / "models/videoscene/tiny/model.safetensors"), "--prompt-embeds",
+                 str(d / "models/videoscene/tiny/prompt_embeds.pt"), "--data", str(d / "ddp_data"), "--out", str(out),
+                 "--steps", "6", "--bins", "4", "--device", "cpu"]) == 0
+    net = load_ddpnet(out)
+    assert net.config.in_channels == 16 and len(net.config.bins()) == 4
+    assert main(["train-ddpnet", "--model", str(d / "models/CogVideo/tiny"), "--prompt-embeds",
+                 str(d / "models/videoscene/tiny/prompt_embeds.pt"), "--data", str(d / "empty"), "--out",
+                 str(d / "x.safetensors"), "--device", "cpu"]) == 2
+    assert "no" in capsys.readouterr().err.lower() and not (d / "x.safetensors").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--help"])
+    assert e.value.code == 0 and "--t-max" in capsys.readouterr().out

@@ -88,3 +88,22 @@ def test_bad_inputs(nodes):
         _load(nodes, base_model=nodes._MISSING_BASE)
     with pytest.raises(ValueError, match="memory mode"):
         _load(nodes, memory_mode="bogus")
+
+
+def test_ddpnet_timestep_feeds_leap(nodes):
+    dn = importlib.import_module(PACK + ".nodes.ddpnet_nodes")
+    it = dn.DDPNetTimestep.INPUT_TYPES()
+    assert "tiny/ddpnet.safetensors" in it["required"]["weights"][0]
+    t, plot, info = dn.DDPNetTimestep().run("none", "greedy", 0)
+    assert t == 549 and plot.shape[0] == 1 and "reference constant" in info
+    model, _ = _load(nodes)
+    frames = torch.rand(9, 48, 80, 3, generator=torch.Generator().manual_seed(1))
+    t, plot, info = dn.DDPNetTimestep().run("tiny/ddpnet.safetensors", "greedy", 0, frames=frames, video_model=model)
+    rep = json.loads(info)
+    assert t in rep["bins"] and abs(sum(rep["probs"]) - 1) < 1e-3 and plot.shape[-1] == 3
+    assert rep["probs"][rep["bins"].index(t)] == max(rep["probs"])
+    out, _, li = nodes.LeapFlowStudent().run(model, frames, t, 0, 1, "stretch", first_image=frames[:1],
+                                             last_image=frames[-1:])
+    assert json.loads(li)["timesteps"] == [t]
+    with pytest.raises(ValueError, match="latents"):
+        dn.DDPNetTimestep().run("tiny/ddpnet.safetensors", "greedy", 0, frames=frames)

@@ -5,6 +5,10 @@ prior        two photos (+ optional cameras) -> cameras.json, trajectory.json, p
 reconstruct  frames (video or image folder) + trajectory.json [+ init PLY] -> scene.ply, renders.mp4, report.json.
 leap         VideoScene's one-step student on a coarse video: CogVideoX I2V folder + weights + prompt embedding ->
              video.mp4 (optionally also the multi-step teacher: teacher.mp4).
+distill      leap-flow consistency distillation (VideoScene Algorithm 1) of a CogVideoX I2V teacher into a student;
+             runs under torchrun (DDP); see ``python -m vscene_engine distill --help``.
+train-ddpnet train DDPNet (the timestep policy) as a contextual bandit against a frozen student.
+replicate    miniature replication of the paper's tables on synthetic scenes (CPU, <= 60 min; --smoke for CI).
 tiny-model   write a tiny random CogVideoX I2V model in the real folder layout (tests, demos, CPU workflows).
 demo         the whole path on a scene the engine makes itself (no downloads, no data): see :mod:`vscene_engine.demo`.
 
@@ -201,6 +205,21 @@ def cmd_leap(args) -> int:
     return 0
 
 
+def cmd_train_ddpnet(args) -> int:
+    from .cogvideo_load import load_video_model
+    from .ddpnet import train_from_folder
+
+    model = load_video_model(args.model, weights=args.weights, prompt_embeds=args.prompt_embeds,
+                             device=args.device, dtype=args.dtype)
+    bar = _bar(args.steps, "DDPNet")
+    res = train_from_folder(args.data, args.out, model=model, steps=args.steps, lr=args.lr, batch=args.batch,
+                            explore=args.explore, seed=args.seed, n_bins=args.bins, t_min=args.t_min,
+                            t_max=args.t_max, checkpoint=args.checkpoint, progress=lambda _s, i, n: bar(i))
+    print(f"wrote {res['path']} ({res['n_samples']} samples, bins {res['bins']}, "
+          f"{res['transformer_calls']} student calls)")
+    return 0
+
+
 def cmd_tiny_model(args) -> int:
     from .tiny_cogvideo import install_tiny_model, write_tiny_model
 
@@ -313,6 +332,29 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--out", required=True, help="output folder: video.mp4 (+ teacher.mp4), leap_report.json")
     lp.set_defaults(func=cmd_leap)
 
+    sub.add_parser("distill", add_help=False,
+                   help="VideoScene Algorithm 1 distillation (own options: python -m vscene_engine distill --help)")
+
+    td = sub.add_parser("train-ddpnet", help="train DDPNet (timestep policy) against a frozen student")
+    td.add_argument("--model", required=True, help="CogVideoX I2V diffusers folder")
+    td.add_argument("--weights", default=None, help="the student's weights (model.safetensors)")
+    td.add_argument("--prompt-embeds", required=True)
+    td.add_argument("--data", required=True, help="folder of *.safetensors samples with render_latents, gt_latents, "
+                                                  "image_latents [1,T,C,h,w]")
+    td.add_argument("--out", required=True, help="DDPNet weights to write (.safetensors)")
+    td.add_argument("--steps", type=int, default=300)
+    td.add_argument("--lr", type=float, default=1e-3)
+    td.add_argument("--batch", type=int, default=4)
+    td.add_argument("--explore", default="sample", choices=["sample", "egreedy"])
+    td.add_argument("--bins", type=int, default=10)
+    td.add_argument("--t-min", type=int, default=100)
+    td.add_argument("--t-max", type=int, default=900)
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--checkpoint", default=None, help="resumable training checkpoint (.safetensors)")
+    td.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    td.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
+    td.set_defaults(func=cmd_train_ddpnet)
+
     tm = sub.add_parser("tiny-model", help="write a tiny random CogVideoX I2V model in the real folder layout")
     tm.add_argument("--out", default=None, help="folder to create (diffusers layout + videoscene/ weights)")
     tm.add_argument("--models-dir", default=None, help="or: a ComfyUI models folder; writes CogVideo/<name>/ and "
@@ -324,13 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--seed", type=int, default=0)
     tm.set_defaults(func=cmd_tiny_model)
 
-    from . import demo
+    from . import demo, replicate
 
     demo.add_parser(sub)
+    replicate.add_parser(sub)
     return p
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "distill":  # own parser (also runnable as python -m vscene_engine.distill under torchrun)
+        from .distill import main as distill_main
+
+        return distill_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

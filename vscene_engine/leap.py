@@ -299,6 +299,21 @@ def encode_conditioning(model: VideoModel, inputs: dict, gen: torch.Generator, v
     return {"video_latents": vid_lat, "image_latents": image_lat, "sigma": float(sigma.float().item())}
 
 
+def video_latents(model: VideoModel, video: torch.Tensor, aspect: str = "stretch", vae_tiling: bool = False):
+    """VAE latents of a video [F, H, W, 3] 0..1 at the model's native size: [1, C, T, h, w] (ComfyUI LATENT order,
+    x scaling factor like the sampler's latents; the posterior mean, so deterministic). For DDPNet inputs."""
+    video = _check_image(video, "video", 4)
+    model.check_frames(video.shape[0])
+    H, W = model.native_size
+    plan = _aspect_plan(video.shape[1], video.shape[2], H, W, aspect)
+    x = _apply_plan(video.permute(0, 3, 1, 2), plan, (H, W), "bicubic").clamp(0, 1) * 2 - 1
+    x = x.permute(1, 0, 2, 3).unsqueeze(0).to(model.device, model.dtype)
+    with model.placer.use("vae", model.vae) as vae, torch.no_grad():
+        _set_tiling(vae, vae_tiling)
+        z = vae.encode(x).latent_dist.mean * model.scaling_factor
+    return z.float().cpu()
+
+
 def _set_tiling(vae, on: bool) -> None:
     """VAE tiling (spatial tiles: the memory saver at 480x720) and slicing (batch items one by one) on or off."""
     for name in (("enable_tiling", "enable_slicing") if on else ("disable_tiling", "disable_slicing")):

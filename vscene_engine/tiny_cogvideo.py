@@ -169,11 +169,20 @@ def install_tiny_model(models_dir, name: str = "tiny-cogvideox-i2v", **kwargs) -
     dst = models / "videoscene" / name
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
-        if not all(p.name in ("model.safetensors", "prompt_embeds.pt") for p in dst.iterdir()):
+        if not all(p.name in ("model.safetensors", "prompt_embeds.pt", "ddpnet.safetensors") for p in dst.iterdir()):
             raise ValueError(f"{dst} exists and holds other files; remove it or choose another name")
         shutil.rmtree(dst)
     os.replace(paths["base"] / "videoscene", dst)
     paths.update(student=dst / "model.safetensors", prompt_embeds=dst / "prompt_embeds.pt")
+    # an UNTRAINED latent DDPNet of this geometry, for wiring DDPNetTimestep -> LeapFlowStudent in test workflows
+    from .ddpnet import DDPNet, DDPNetConfig, save_ddpnet
+
+    f = int(kwargs.get("frames", 9))
+    h, w = int(kwargs.get("height", 64)) // 8, int(kwargs.get("width", 96)) // 8
+    net = DDPNet(DDPNetConfig(in_channels=16, n_bins=9, input_size=((f - 1) // 4 + 1, h, w)),
+                 seed=int(kwargs.get("seed", 0)))
+    paths["ddpnet"] = save_ddpnet(net, dst / "ddpnet.safetensors",
+                                  extra_meta={"note": "untrained tiny test weights (random init)"})
     return paths
 
 
