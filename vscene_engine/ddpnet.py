@@ -546,17 +546,21 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
     only link to the (frozen) student. Each step: ``batch`` sample indices drawn with replacement; actions from the
     policy (explore "sample") or epsilon-greedy ("egreedy": uniform bin with probability ``epsilon``, else argmax);
     advantage = r - b with b a running mean of the reward (``baseline`` "global", or "per_sample": one running mean
-    per sample, which removes the per-scene reward level), divided by the running std of r - b when
-    ``normalize_advantage``; loss = -mean(adv * log pi(a | x)) - entropy * mean(H(pi)); one Adam step.
-    All randomness comes from ``seed`` (one CPU torch.Generator).
+    per sample, which removes the per-scene reward level; with "egreedy" b follows the greedy actions' rewards only,
+    so an explored bin is reinforced exactly when it beats the greedy one), divided by the running std of r - b
+    when ``normalize_advantage`` (the reward's scale then does not matter: -MSE differences between bins are often
+    tiny); loss = -mean(adv * log pi(a | x)) - entropy * mean(H(pi)); one Adam step. "sample" learns faster and
+    more reliably than "egreedy" (which needs more steps and a larger entropy bonus, e.g. 0.05).
+    All randomness comes from ``seed`` (one CPU torch.Generator); the initial weights come from the net's own seed.
 
     checkpoint: a .safetensors path; weights + Adam state + step + baseline + RNG state + history are written there
     atomically every ``checkpoint_every`` steps and at the end. With ``resume`` and an existing checkpoint, training
     continues from its step (same DDPNet config, explore, baseline and batch required, else ValueError; the new lr
-    applies); resuming gives bit-identical results to an uninterrupted run.
+    applies); resuming gives bit-identical results to an uninterrupted run. A checkpoint at or beyond ``steps``
+    only loads (no training).
     progress("ddpnet", step, steps) after each step; interrupt() before each step (raise to abort; the last
-    checkpoint stays intact). A non-finite reward or loss raises ValueError naming the step (nothing is written for
-    that step; the net keeps its last good weights).
+    checkpoint stays intact). A non-finite reward, logit, loss or gradient raises ValueError naming the step
+    (nothing is written for that step; the net keeps its last good weights).
 
     Returns dict(reward, loss, entropy: per-step lists (all steps, including resumed ones), bins, greedy_histogram
     (greedy choices over all samples at the end), steps, resumed_from (step or None), settings).
@@ -580,6 +584,9 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
         step = st.step + 1
         idx = torch.randint(n, (s["batch"],), generator=st.gen)
         logits = net.logits_prepared(prepared[idx])
+        if not torch.isfinite(logits).all():
+            raise ValueError(f"non-finite DDPNet logits at step {step}: the weights diverged; lower the learning "
+                             f"rate (lr={s['lr']}) or restart from the last checkpoint")
         logp = torch.log_softmax(logits.float(), dim=-1)
         probs = logp.detach().double().exp().cpu()
         act = _act(probs, s, st.gen)
@@ -593,6 +600,9 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
                              f"the learning rate (lr={s['lr']}); nothing was written for this step")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if not all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None):
+            raise ValueError(f"non-finite DDPNet gradients at step {step}: check the inputs and lower the learning "
+                             f"rate (lr={s['lr']}); nothing was written for this step")
         opt.step()
         st.step = step
         st.history["reward"].append(float(r.mean()))
@@ -713,13 +723,16 @@ def policy_plot(probs, bins: Sequence[int], chosen: int | None = None, size: tup
         y = bottom - frac * (bottom - top)
         d.text((2, y - 6), f"{top_val * frac:.2f}", fill=(80, 80, 80), font=font)
     label_every = max(1, math.ceil(30 / slot))
+    kc = bins.index(int(chosen)) if chosen is not None else None
     for k, (b, v) in enumerate(zip(bins, p.tolist())):
         x0, x1 = left + k * slot + 0.15 * slot, left + (k + 1) * slot - 0.15 * slot
         y0 = bottom - max(0.0, v) / top_val * (bottom - top)
         colour = HIGHLIGHT if chosen is not None and b == int(chosen) else _BAR
         d.rectangle([x0, min(y0, bottom - 1), x1, bottom], fill=tuple(int(round(c * 255)) for c in colour))
-        if k % label_every == 0 or b == chosen:
-            d.text(((x0 + x1) / 2 - 3 * len(str(b)), bottom + 4), str(b), fill=(0, 0, 0), font=font)
+        near_chosen = kc is not None and k != kc and abs(k - kc) < label_every
+        if (k % label_every == 0 and not near_chosen) or k == kc:
+            d.text(((x0 + x1) / 2 - d.textlength(str(b), font=font) / 2, bottom + 4), str(b), fill=(0, 0, 0),
+                   font=font)
     d.text((W // 2 - 24, H - 13), "timestep", fill=(80, 80, 80), font=font)
     import numpy as np
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
