@@ -323,11 +323,12 @@ def compose_x0(x: torch.Tensor, level, row_fn: Denoiser | None, col_fn: Denoiser
                view_weights=None, ind_fn: Denoiser | None = None, row_cond=None, col_cond=None, ind_cond=None,
                known: tuple[torch.Tensor, torch.Tensor] | None = None, batch: int = 1, col_batch: int | None = None,
                distributed: bool | None = None, group=None, stats: dict | None = None,
-               _row_weight: torch.Tensor | None = None) -> torch.Tensor:
+               row_weight: torch.Tensor | None = None) -> torch.Tensor:
     """One composed x0 estimate of the grid x [V, F, C, H, W] at ``level`` (sigma or timestep) -> [V, F, C, H, W].
 
     Without ``ind_fn``: x0 = r_v row + (1 - r_v) col with r_v = w_v (1 - s) (w = ``view_weights`` [V], default 1).
-    With ``ind_fn``: x0 = row + col - ind (Theorem 3.1; s and view_weights unused). A model whose weight is 0
+    ``row_weight`` [V] gives r directly (e.g. a row of :func:`composition_weights`; s and view_weights are then
+    unused). With ``ind_fn``: x0 = row + col - ind (Theorem 3.1; s unused). A model whose weight is 0
     everywhere is not called. ``known`` = (mask [V, F] bool, values [V, F, C, H, W]): x0 is set to the values where
     mask is true and rows / columns that are entirely known are not evaluated. ``stats`` (a dict) counts the calls.
     """
@@ -339,8 +340,10 @@ def compose_x0(x: torch.Tensor, level, row_fn: Denoiser | None, col_fn: Denoiser
         if view_weights is not None:
             raise ValueError("view_weights apply to the convex combination only; the exact form (ind_fn) has none")
         r = None
-    elif _row_weight is not None:
-        r = _row_weight.to(torch.float64).reshape(-1)
+    elif row_weight is not None:
+        r = torch.as_tensor(row_weight, dtype=torch.float64).reshape(-1).cpu()
+        if r.numel() != V or not bool(((r >= 0) & (r <= 1)).all()):
+            raise ValueError(f"row_weight must hold V = {V} numbers in [0, 1], got {r.tolist()}")
     else:
         r = composition_weights(torch.tensor([_check_unit("s", s)]), view_weights, None, V)[0]
     mask = None
@@ -481,8 +484,9 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
     col_batch = _check_batch(batch if col_batch is None else col_batch, "col_batch")
     s = schedule_values(schedule, steps, s0=s0, s1=s1, k=k, s_min=s_min, s_max=s_max)
     if ind_fn is not None:
-        if view_weights is not None:
-            raise ValueError("view_weights apply to the convex combination only; the exact form (ind_fn) has none")
+        if view_weights is not None or row_only_from is not None:
+            raise ValueError("view_weights / row_only_from apply to the convex combination only; the exact form "
+                             "(ind_fn) has neither")
         if row_fn is None or col_fn is None:
             raise ValueError("the exact form (ind_fn) needs row_fn and col_fn too")
         rw = torch.zeros(steps, V, dtype=torch.float64)
@@ -508,7 +512,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
         return compose_x0(x, level, row_fn, col_fn, ind_fn=ind_fn, row_cond=row_cond, col_cond=col_cond,
                           ind_cond=ind_cond, known=known, batch=batch, col_batch=col_batch,
                           distributed=False if world == 1 else True, group=group, stats=stats,
-                          _row_weight=None if ind_fn is not None else rw[i])
+                          row_weight=None if ind_fn is not None else rw[i])
 
     def clamp(x, a, b):
         # known entries follow the forward process of the initial noise: a * value + b * noise

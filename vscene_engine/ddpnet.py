@@ -378,23 +378,22 @@ def _prepare_samples(net: DDPNet, samples: Sequence) -> torch.Tensor:
 
 
 def _rewards(reward_fn, idx: list[int], ts: list[int], step: int) -> torch.Tensor:
+    """reward_fn's answer as float64 cpu [len(idx)]; ValueError for a wrong count. Non-finite values are checked by
+    the caller over the whole (global) batch, so that every rank raises alike."""
     r = reward_fn(list(idx), list(ts))
     r = torch.as_tensor(r).detach().to("cpu", torch.float64).reshape(-1)
     if r.numel() != len(idx):
         raise ValueError(f"reward_fn returned {r.numel()} rewards for {len(idx)} (index, timestep) pairs at step "
                          f"{step}; it must return one reward per pair")
-    if not torch.isfinite(r).all():
-        bad = [(i, t) for i, t, v in zip(idx, ts, r.tolist()) if not math.isfinite(v)]
-        raise ValueError(f"non-finite reward at step {step} for (sample, timestep) {bad[:4]}: check the reward "
-                         f"function and its inputs (NaN/inf in the latents, the student's output or the ground "
-                         f"truth); nothing was written for this step")
     return r
 
 
-def _settings(lr, batch, explore, epsilon, entropy, baseline_momentum, seed, baseline, normalize_advantage) -> dict:
+def _settings(lr, batch, explore, epsilon, entropy, baseline_momentum, seed, baseline, normalize_advantage,
+              grad_accum: int = 1, world: int = 1) -> dict:
     return {"lr": float(lr), "batch": int(batch), "explore": explore, "epsilon": float(epsilon),
             "entropy": float(entropy), "baseline_momentum": float(baseline_momentum), "seed": int(seed),
-            "baseline": baseline, "normalize_advantage": bool(normalize_advantage)}
+            "baseline": baseline, "normalize_advantage": bool(normalize_advantage), "grad_accum": int(grad_accum),
+            "world_size": int(world), "global_batch": int(batch) * int(grad_accum) * int(world)}
 
 
 def _check_settings(s: dict, steps: int) -> None:
@@ -406,6 +405,8 @@ def _check_settings(s: dict, steps: int) -> None:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if s["batch"] < 1:
         raise ValueError(f"batch must be >= 1, got {s['batch']}")
+    if s["grad_accum"] < 1:
+        raise ValueError(f"grad_accum must be >= 1 (micro-batches per step), got {s['grad_accum']}")
     if not s["lr"] > 0:
         raise ValueError(f"lr must be > 0, got {s['lr']}")
     if not 0 <= s["epsilon"] <= 1:
@@ -415,12 +416,12 @@ def _check_settings(s: dict, steps: int) -> None:
 
 
 class _State:
-    """Everything that evolves during training besides the weights and Adam: step, RNG, baseline, history."""
+    """Everything that evolves during training besides the weights and Adam: step, baseline, history. (No RNG
+    state: every draw is a pure function of seed, step and global batch position, see :func:`_step_draws`.)"""
 
-    def __init__(self, n: int, baseline: str, seed: int):
+    def __init__(self, n: int, baseline: str):
         k = n if baseline == "per_sample" else 1
         self.step = 0
-        self.gen = torch.Generator("cpu").manual_seed(int(seed))
         self.base = torch.zeros(k, dtype=torch.float64)  # running reward mean (per sample or global)
         self.seen = torch.zeros(k, dtype=torch.uint8)  # 1 once a baseline entry has been initialised
         self.var = torch.zeros(1, dtype=torch.float64)  # running mean of (r - b)^2 (advantage normalisation)
@@ -435,7 +436,6 @@ def _save_checkpoint(path, net: DDPNet, opt: torch.optim.Optimizer, st: _State, 
     for pid, s in osd["state"].items():
         for name, v in s.items():
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    tensors["rng"] = st.gen.get_state()
     tensors["baseline"], tensors["baseline_seen"], tensors["adv_var"] = st.base, st.seen, st.var
     groups = [{k: v for k, v in g.items() if k != "params"} for g in osd["param_groups"]]
     meta = {"format": CHECKPOINT_FORMAT, "config": net.config.to_json(), "step": str(st.step),
@@ -460,7 +460,11 @@ def _load_checkpoint(path, net: DDPNet, opt: torch.optim.Optimizer, st: _State, 
         groups = list(groups)
     except (KeyError, ValueError) as exc:
         raise ValueError(f"checkpoint {path} has incomplete metadata ({exc}); delete it or pass resume=False") from None
-    changed = [k for k in ("explore", "baseline", "batch") if old.get(k) != settings[k]]
+    # the global batch (ranks x batch x grad_accum) must match, not its split: 2 ranks x 4 resume 1 x 4 x 2 exactly
+    changed = [k for k in ("explore", "baseline", "seed") if old.get(k) != settings[k]]
+    old_global = old.get("global_batch", old.get("batch"))
+    if old_global != settings["global_batch"]:
+        changed.append(f"global batch (ranks x batch x grad_accum) {old_global} -> {settings['global_batch']}")
     if changed or (settings["baseline"] == "per_sample" and n_old != n):
         what = changed or [f"n_samples {n_old} -> {n}"]
         raise ValueError(f"checkpoint {path} was written with different training settings ({what}); resume with the "
@@ -481,27 +485,43 @@ def _load_checkpoint(path, net: DDPNet, opt: torch.optim.Optimizer, st: _State, 
     # the new run's param groups (its lr) apply; Adam's moments and step counts come from the file
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     try:
-        st.gen.set_state(tensors["rng"])
         st.base, st.seen, st.var = tensors["baseline"].double(), tensors["baseline_seen"], tensors["adv_var"].double()
     except (KeyError, RuntimeError) as exc:
         raise ValueError(f"checkpoint {path} lacks training state ({exc}); delete it or pass resume=False") from None
     st.step, st.history = step, history
 
 
-def _act(probs: torch.Tensor, s: dict, gen: torch.Generator) -> torch.Tensor:
-    """Exploration: actions [B] (bin indices) from probs [B, n_bins] (float64 cpu)."""
-    if s["explore"] == "sample":
-        return torch.multinomial(probs, 1, generator=gen)[:, 0]
+def _step_draws(seed: int, step0: int, n: int, G: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of (0-based) step ``step0`` for the whole global batch of ``G`` positions (cheap; every rank
+    makes all of them and uses its own rows): sample indices [G] (``distill.sample_index``: a fresh seeded
+    permutation of the N samples per epoch, position p = step0 x G + slot) and uniforms [G, 2] float64 (column 0:
+    inverse-CDF draw of the action / the epsilon test, column 1: the random bin of epsilon-greedy). A pure function
+    of (seed, step, position): no RNG state to checkpoint, and any split of G into ranks x micro-batches sees the
+    same samples and draws."""
+    from .distill import _mix, sample_index
+
+    idx = torch.tensor([sample_index(seed, n, step0 * G + p) for p in range(G)], dtype=torch.long)
+    g = torch.Generator("cpu").manual_seed(_mix("ddpnet-action", int(seed), int(step0)))
+    return idx, torch.rand(G, 2, generator=g, dtype=torch.float64)
+
+
+def _act(probs: torch.Tensor, s: dict, u: torch.Tensor) -> torch.Tensor:
+    """Exploration: actions [B] (bin indices) from probs [B, n_bins] (float64 cpu) and uniforms u [B, 2]."""
+    k = probs.shape[1]
+    if s["explore"] == "sample":  # inverse CDF: the first bin whose cumulative probability exceeds u
+        c = probs.cumsum(dim=-1)
+        c = c / c[:, -1:]
+        return (c <= u[:, :1]).sum(dim=-1).clamp(max=k - 1)
     greedy = probs.argmax(dim=-1)
-    u = torch.rand(probs.shape[0], generator=gen, dtype=torch.float64)
-    rnd = torch.randint(probs.shape[1], (probs.shape[0],), generator=gen)
-    return torch.where(u < s["epsilon"], rnd, greedy)
+    rnd = (u[:, 1] * k).long().clamp(max=k - 1)
+    return torch.where(u[:, 0] < s["epsilon"], rnd, greedy)
 
 
 def _advantages(r: torch.Tensor, idx: torch.Tensor, track: torch.Tensor, st: _State, s: dict) -> torch.Tensor:
     """Per-sample advantages (r - b) [/ running std of r - b], then update the baseline from the rewards where
     ``track`` is True (epsilon-greedy: the greedy actions only, so b estimates what the current policy earns and an
-    explored bin gets a positive advantage exactly when it beats the greedy choice) and the running variance."""
+    explored bin gets a positive advantage exactly when it beats the greedy choice) and the running variance.
+    Called with the whole global batch (gathered from all ranks), so every rank keeps the same statistics."""
     slot = idx if s["baseline"] == "per_sample" else torch.zeros_like(idx)
     m = s["baseline_momentum"]
     for k in torch.unique(slot).tolist():  # first sight: start the baseline at the observed mean reward
@@ -534,87 +554,246 @@ def _greedy_histogram(net: DDPNet, prepared: torch.Tensor) -> list[int]:
     return counts
 
 
+# ------------------------------------------------------------------------------------------- distributed
+class _Policy(nn.Module):
+    """``net.logits_prepared`` as ``forward``: what DistributedDataParallel wraps (it only hooks ``forward``)."""
+
+    def __init__(self, net: DDPNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.logits_prepared(x)
+
+
+def _comm_device(world: int, like: torch.device | None = None) -> torch.device:
+    """Where collective tensors live: the CPU for gloo, the (CUDA) device of ``like`` or the current one for nccl."""
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            if like is not None and like.type == "cuda":
+                return like
+            return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _gather_rows(x: torch.Tensor, world: int, dev: torch.device) -> list[torch.Tensor]:
+    """All ranks' ``x`` (same shape everywhere), as a list indexed by rank, on the CPU."""
+    if world == 1:
+        return [x]
+    import torch.distributed as dist
+
+    y = x.to(dev).contiguous()
+    out = [torch.empty_like(y) for _ in range(world)]
+    dist.all_gather(out, y)
+    return [o.cpu() for o in out]
+
+
+def _rank0_write(write: Callable[[], object], rank: int, world: int, dev: torch.device, what: str):
+    """Rank 0 runs ``write()`` (an atomic file write); every rank learns whether it worked (raises if not). The
+    flag broadcast is the barrier after the write. Returns write()'s value on rank 0, None elsewhere."""
+    from .distill import _broadcast_flag
+
+    err, out = None, None
+    if rank == 0:
+        try:
+            out = write()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below after telling the other ranks
+            err = exc
+    ok = _broadcast_flag(err is None, world, dev)
+    if err is not None:
+        raise err
+    if not ok:
+        raise RuntimeError(f"rank 0 failed to write {what} (see rank 0's error)")
+    return out
+
+
+# codes of a rank's rows in the gathered step data
+_OK, _BAD_LOGITS, _REWARD_ERROR = 0.0, 1.0, 2.0
+
+
 def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callable, steps: int, lr: float = 1e-3,
                  batch: int = 4, explore: str = "sample", epsilon: float = 0.1, entropy: float = 0.01,
                  baseline_momentum: float = 0.9, seed: int = 0, progress: ProgressFn | None = None,
                  interrupt: Callable[[], None] | None = None, checkpoint=None, checkpoint_every: int = 50,
-                 resume: bool = True, baseline: str = "global", normalize_advantage: bool = True) -> dict:
+                 resume: bool = True, baseline: str = "global", normalize_advantage: bool = True,
+                 grad_accum: int = 1, distributed: bool | None = None) -> dict:
     """Train the policy ``net`` in place as a contextual bandit (REINFORCE); return the history.
 
     samples: sequence of N inputs x_i [C, T, H, W] (any sizes; each is pooled once). reward_fn(indices: list[int],
     timesteps: list[int]) -> Tensor [len] (higher is better, e.g. -MSE; see :func:`make_leap_reward`); it is the
-    only link to the (frozen) student. Each step: ``batch`` sample indices drawn with replacement; actions from the
-    policy (explore "sample") or epsilon-greedy ("egreedy": uniform bin with probability ``epsilon``, else argmax);
+    only link to the (frozen) student. Each step: a global batch of G = world_size x ``batch`` x ``grad_accum``
+    sample indices (a fresh seeded permutation of the N samples per epoch, so every sample is seen once per N
+    draws); actions from the policy (explore "sample") or epsilon-greedy ("egreedy": uniform bin with probability
+    ``epsilon``, else argmax);
     advantage = r - b with b a running mean of the reward (``baseline`` "global", or "per_sample": one running mean
     per sample, which removes the per-scene reward level; with "egreedy" b follows the greedy actions' rewards only,
     so an explored bin is reinforced exactly when it beats the greedy one), divided by the running std of r - b
     when ``normalize_advantage`` (the reward's scale then does not matter: -MSE differences between bins are often
     tiny); loss = -mean(adv * log pi(a | x)) - entropy * mean(H(pi)); one Adam step. "sample" learns faster and
     more reliably than "egreedy" (which needs more steps and a larger entropy bonus, e.g. 0.05).
-    All randomness comes from ``seed`` (one CPU torch.Generator); the initial weights come from the net's own seed.
+    grad_accum: micro-batches of ``batch`` per step (gradients summed, rewards/baseline over the whole step).
+    All randomness is a pure function of (``seed``, step, global batch position) (no RNG state); the initial
+    weights come from the net's own seed.
 
-    checkpoint: a .safetensors path; weights + Adam state + step + baseline + RNG state + history are written there
+    distributed: None = auto (a process group already initialised, or torchrun's env: WORLD_SIZE > 1, joined with
+    ``distill.init_distributed``: nccl on CUDA, gloo on CPU), False = off, True = required. With W > 1 processes:
+    the net is wrapped in DistributedDataParallel (rank 0's weights are broadcast at the start; with nccl the net
+    must be on cuda:LOCAL_RANK); rank r / micro-batch m takes global slot m W + r (positions slot x batch ..) and
+    calls ``reward_fn`` for its own samples only; the rewards are gathered so the baseline and advantage statistics
+    are computed over the whole global batch, identically on every rank; gradients are averaged by DDP; the history
+    is the rank average (reward: mean over the global batch; loss, entropy: mean of the ranks' values); only rank 0
+    writes the checkpoint (atomic), the others wait for it. So W ranks x ``batch`` draw exactly the samples and
+    uniforms of one process with ``batch`` x W (same sampled actions while the weights agree) and reproduce one
+    process with ``batch`` and ``grad_accum`` = W bit for bit for W = 2 (up to float summation order for larger W).
+    A non-finite reward / logit / loss / gradient, or a reward_fn ValueError, on any rank raises ValueError on every
+    rank. interrupt() must answer alike on every rank (otherwise torchrun tears the group down). The process group
+    is left as it is (see :func:`train_from_folder`, which cleans up a group it created).
+
+    checkpoint: a .safetensors path; weights + Adam state + step + baseline + history are written there
     atomically every ``checkpoint_every`` steps and at the end. With ``resume`` and an existing checkpoint, training
-    continues from its step (same DDPNet config, explore, baseline and batch required, else ValueError; the new lr
-    applies); resuming gives bit-identical results to an uninterrupted run. A checkpoint at or beyond ``steps``
-    only loads (no training).
-    progress("ddpnet", step, steps) after each step; interrupt() before each step (raise to abort; the last
-    checkpoint stays intact). A non-finite reward, logit, loss or gradient raises ValueError naming the step
+    continues from its step (same DDPNet config, explore, baseline, seed and global batch required, else ValueError;
+    the new lr applies; the split of the global batch into ranks x batch x grad_accum may change); resuming gives
+    bit-identical results to an uninterrupted run. A checkpoint at or beyond ``steps`` only loads (no training).
+    Under DDP every rank reads it (a shared filesystem; ranks that disagree on the step raise ValueError).
+    progress("ddpnet", step, steps) after each step (every rank); interrupt() before each step (raise to abort; the
+    last checkpoint stays intact). A non-finite reward, logit, loss or gradient raises ValueError naming the step
     (nothing is written for that step; the net keeps its last good weights).
 
-    Returns dict(reward, loss, entropy: per-step lists (all steps, including resumed ones), bins, greedy_histogram
-    (greedy choices over all samples at the end), steps, resumed_from (step or None), settings).
+    Returns dict(reward, loss, entropy: per-step lists (all steps, including resumed ones; rank-averaged), bins,
+    greedy_histogram (greedy choices over all samples at the end), steps, resumed_from (step or None), settings,
+    rank, world_size, local (this rank's own reward / loss / entropy for the steps this call ran)).
     """
+    from .distill import _all_mean, _dist_state, _no_buffer_sync
+
     progress, interrupt = progress or (lambda *a: None), interrupt or (lambda: None)
-    s = _settings(lr, batch, explore, epsilon, entropy, baseline_momentum, seed, baseline, normalize_advantage)
+    rank, world = _dist_state(distributed)
+    s = _settings(lr, batch, explore, epsilon, entropy, baseline_momentum, seed, baseline, normalize_advantage,
+                  grad_accum, world)
     _check_settings(s, steps)
+    dev = _comm_device(world, net.head.weight.device)
+    if world > 1 and dev.type == "cuda" and net.head.weight.device.type != "cuda":
+        raise ValueError(f"the nccl process group needs the DDPNet on CUDA (net.to('cuda:LOCAL_RANK')), it is on "
+                         f"{net.head.weight.device}")
     prepared = _prepare_samples(net, samples)
     n = prepared.shape[0]
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=s["lr"])
-    st = _State(n, s["baseline"], s["seed"])
+    st = _State(n, s["baseline"])
     resumed = None
     if checkpoint is not None and resume and Path(checkpoint).is_file():
         _load_checkpoint(checkpoint, net, opt, st, s, n)
         resumed = st.step
+    if world > 1:
+        steps_seen = [int(t[0]) for t in _gather_rows(torch.tensor([float(st.step)], dtype=torch.float64), world, dev)]
+        if len(set(steps_seen)) != 1:
+            raise ValueError(f"the ranks resumed from different steps {steps_seen} (checkpoint {checkpoint}): every "
+                             f"rank must read the same checkpoint file (a shared filesystem)")
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        wrapped = DDP(_Policy(net), device_ids=[dev.index] if dev.type == "cuda" else None, **_no_buffer_sync(DDP))
     bins = net.config.bins()
     every = max(1, int(checkpoint_every))
+    A, B, W = s["grad_accum"], s["batch"], world
+    G = s["global_batch"]
+    local_hist = {"reward": [], "loss": [], "entropy": []}
     while st.step < int(steps):
         interrupt()
         step = st.step + 1
-        idx = torch.randint(n, (s["batch"],), generator=st.gen)
-        logits = net.logits_prepared(prepared[idx])
-        if not torch.isfinite(logits).all():
-            raise ValueError(f"non-finite DDPNet logits at step {step}: the weights diverged; lower the learning "
+        idx_all, u_all = _step_draws(s["seed"], step - 1, n, G)
+        micro, rows_local, err = [], torch.zeros(A * B, 4, dtype=torch.float64), None
+        for m in range(A):
+            sl = slice((m * W + rank) * B, (m * W + rank + 1) * B)
+            idx = idx_all[sl]
+            # every rank runs every forward (DDP may talk in its forward); the last one of the step goes through DDP
+            fwd = wrapped if W > 1 and m == A - 1 else net.logits_prepared
+            logits = fwd(prepared[idx.to(prepared.device)])
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            probs = logp.detach().double().exp().cpu()
+            rows = rows_local[m * B:(m + 1) * B]
+            if not torch.isfinite(logits).all():
+                act, code = torch.zeros(B, dtype=torch.long), _BAD_LOGITS
+            else:
+                act = _act(probs, s, u_all[sl])
+                code = _OK
+                if s["explore"] == "egreedy":
+                    rows[:, 1] = (act == probs.argmax(dim=-1)).double()
+                else:
+                    rows[:, 1] = 1.0
+                if err is None:
+                    try:
+                        rows[:, 0] = _rewards(reward_fn, idx.tolist(), [bins[a] for a in act.tolist()], step)
+                    except ValueError as exc:
+                        err, code = exc, _REWARD_ERROR
+                else:
+                    code = _REWARD_ERROR
+            if code != _OK:
+                rows[:, 0] = float("nan")
+            rows[:, 2], rows[:, 3] = act.double(), code
+            micro.append((sl, logp, act))
+        parts = _gather_rows(rows_local, W, dev)
+        glob = torch.empty(G, 4, dtype=torch.float64)
+        for k in range(W):
+            for m in range(A):
+                slot = m * W + k
+                glob[slot * B:(slot + 1) * B] = parts[k][m * B:(m + 1) * B]
+        code_of = {k: set(parts[k][:, 3].tolist()) for k in range(W)}
+        bad = [k for k in range(W) if _BAD_LOGITS in code_of[k]]
+        if bad:
+            on = f" (on rank {', '.join(map(str, bad))})" if W > 1 else ""
+            raise ValueError(f"non-finite DDPNet logits at step {step}{on}: the weights diverged; lower the learning "
                              f"rate (lr={s['lr']}) or restart from the last checkpoint")
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        probs = logp.detach().double().exp().cpu()
-        act = _act(probs, s, st.gen)
-        r = _rewards(reward_fn, idx.tolist(), [bins[a] for a in act.tolist()], step)
-        on_policy = act == probs.argmax(dim=-1) if s["explore"] == "egreedy" else torch.ones_like(act, dtype=bool)
-        adv = _advantages(r, idx, on_policy, st, s).to(logp.device, logp.dtype)
-        ent = -(logp.exp() * logp).sum(dim=-1)
-        loss = -(adv * logp.gather(1, act.to(logp.device)[:, None])[:, 0]).mean() - s["entropy"] * ent.mean()
-        if not torch.isfinite(loss):
+        if err is not None:
+            raise err
+        failed = [k for k in range(W) if _REWARD_ERROR in code_of[k]]
+        if failed:
+            raise ValueError(f"reward_fn failed on rank {', '.join(map(str, failed))} at step {step} (see that rank's "
+                             f"error); nothing was written for this step")
+        r, track, act_all = glob[:, 0], glob[:, 1].bool(), glob[:, 2].long()
+        if not torch.isfinite(r).all():
+            pairs = [(int(i), bins[int(a)]) for i, a, v in zip(idx_all, act_all, r.tolist()) if not math.isfinite(v)]
+            raise ValueError(f"non-finite reward at step {step} for (sample, timestep) {pairs[:4]}: check the reward "
+                             f"function and its inputs (NaN/inf in the latents, the student's output or the ground "
+                             f"truth); nothing was written for this step")
+        adv_all = _advantages(r, idx_all, track, st, s)
+        losses, ents = [], []
+        for sl, logp, act in micro:
+            adv = adv_all[sl].to(logp.device, logp.dtype)
+            ent = -(logp.exp() * logp).sum(dim=-1)
+            losses.append(-(adv * logp.gather(1, act.to(logp.device)[:, None])[:, 0]).mean()
+                          - s["entropy"] * ent.mean())
+            ents.append(ent.detach().mean())
+        loss = losses[0] if A == 1 else torch.stack(losses).sum() / A
+        ent_local = ents[0] if A == 1 else torch.stack(ents).sum() / A
+        stats = _all_mean(torch.stack([loss.detach(), ent_local]), W)  # rank averages
+        if not torch.isfinite(stats[0]):
             raise ValueError(f"non-finite DDPNet loss at step {step}: check the inputs (NaN/inf latents) and lower "
                              f"the learning rate (lr={s['lr']}); nothing was written for this step")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP: gradients averaged over the ranks here
         if not all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None):
             raise ValueError(f"non-finite DDPNet gradients at step {step}: check the inputs and lower the learning "
                              f"rate (lr={s['lr']}); nothing was written for this step")
         opt.step()
         st.step = step
         st.history["reward"].append(float(r.mean()))
-        st.history["loss"].append(float(loss.detach()))
-        st.history["entropy"].append(float(ent.detach().mean()))
+        st.history["loss"].append(float(stats[0]))
+        st.history["entropy"].append(float(stats[1]))
+        mine = torch.cat([rows_local[m * B:(m + 1) * B, 0] for m in range(A)])
+        local_hist["reward"].append(float(mine.mean()))
+        local_hist["loss"].append(float(loss.detach()))
+        local_hist["entropy"].append(float(ent_local))
         if checkpoint is not None and (step % every == 0 or step == int(steps)):
-            _save_checkpoint(checkpoint, net, opt, st, s, n)
+            _rank0_write(lambda: _save_checkpoint(checkpoint, net, opt, st, s, n), rank, W, dev,
+                         f"the checkpoint {checkpoint} at step {step}")
         progress("ddpnet", step, int(steps))
+    if world > 1:
+        del wrapped
     net.eval()
     out = dict(st.history)
     out.update(bins=bins, greedy_histogram=_greedy_histogram(net, prepared), steps=st.step, resumed_from=resumed,
-               settings=s)
+               settings=s, rank=rank, world_size=world, local=local_hist)
     return out
 
 

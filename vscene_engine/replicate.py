@@ -217,7 +217,7 @@ def train_teacher(model: VideoModel, samples: list[dict], steps: int, lr: float,
         opt.step()
         losses.append(float(loss.detach()))
         if progress:
-            progress(step + 1, steps, float(loss))
+            progress(step + 1, steps, losses[-1])
     tr.eval().requires_grad_(False)
     return losses
 
