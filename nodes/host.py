@@ -850,3 +850,117 @@ def describe() -> dict:
         "intermediate_device": str(intermediate_device()),
         "output_dir": output_dir(),
     }
+
+
+# =========================================================================================== Diffusion² guider
+def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds: dict, col_conds: dict,
+                        row_cfg: float, col_cfg: float, schedule: dict):
+    """A core GUIDER (``comfy.samplers.CFGGuider`` subclass) composing a video MODEL (rows: each view's F frames) and
+    a multi-view MODEL (columns: each frame's V views) with Diffusion²'s per-step combination of their x0 estimates
+    (``vscene_engine.compose.compose_x0``). The sampled latent is a batch of V*F images, view-major
+    (index v*F + f). ``row_conds`` / ``col_conds``: {"positive": CONDITIONING, "negative": CONDITIONING or None}.
+    ``schedule``: kwargs of ``compose.schedule_values`` plus "kind" (and optional "view_weights",
+    "row_only_from"). Both models must share the latent format and the noise parametrisation (e.g. SVD + SV3D).
+    Needs ComfyUI (core samplers drive it); raises RuntimeError without the host.
+    """
+    if not HOST_AVAILABLE:
+        raise RuntimeError("the ScoreComposeMultiView guider runs inside ComfyUI (core SamplerCustomAdvanced drives "
+                           "it); outside ComfyUI use vscene_engine.compose.compose_sample")
+    import comfy.sampler_helpers as sh
+    import comfy.samplers as cs
+
+    from vscene_engine.compose import composition_weights, compose_x0, schedule_values, step_index
+
+    V, F = int(views), int(frames)
+    if V < 1 or F < 1:
+        raise ValueError(f"views and frames must be >= 1, got {V} x {F}")
+    _check_compatible(row_model, col_model)
+
+    class Guider_ScoreCompose(cs.CFGGuider):
+        def __init__(self, model_patcher, col_patcher):
+            super().__init__(model_patcher)
+            self.col_patcher = col_patcher
+            self.col_inner = None
+            self.sigmas_seen = None
+
+        def outer_sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                         disable_pbar=False, seed=None, latent_shapes=None):
+            if noise.shape[0] != V * F:
+                raise ValueError(f"the latent batch has {noise.shape[0]} images but the grid is {V} views x {F} "
+                                 f"frames = {V * F}: make the latent batch {V * F} (view-major: view v, frame f at "
+                                 f"index v*{F}+f) or change views/frames")
+            self.sigmas_seen = sigmas.detach().float().cpu()
+            n = max(1, len(self.sigmas_seen) - 1)
+            kw = {k: v for k, v in schedule.items() if k not in ("kind", "view_weights", "row_only_from")}
+            s = schedule_values(schedule.get("kind", "constant"), n, **kw)
+            self.weights = composition_weights(s, schedule.get("view_weights"), schedule.get("row_only_from"), V)
+            cc = {k: list(map(lambda a: a.copy(), v)) for k, v in self.col_conds_raw.items() if v is not None}
+            self.col_inner, cc, self.col_loaded = sh.prepare_sampling(self.col_patcher, noise.shape, cc,
+                                                                      self.col_patcher.model_options)
+            self._col_raw = cc
+            self.col_patcher.pre_run()
+            try:
+                return super().outer_sample(noise, latent_image, sampler, sigmas, denoise_mask, callback,
+                                            disable_pbar, seed, latent_shapes=latent_shapes)
+            finally:
+                self.col_patcher.cleanup()
+                sh.cleanup_models(self._col_raw, self.col_loaded)
+                self.col_inner = None
+
+        def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar,
+                         seed, latent_shapes=None):
+            li = latent_image
+            if li is not None and torch.count_nonzero(li) > 0:
+                li = self.col_inner.process_latent_in(li)
+            self._col_conds = cs.process_conds(self.col_inner, noise, self._col_raw, device, li, denoise_mask,
+                                               seed, latent_shapes=latent_shapes)
+            return super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback,
+                                        disable_pbar, seed, latent_shapes=latent_shapes)
+
+        def _pred(self, inner, conds, cfg, x, t, model_options):
+            pos, neg = conds.get("positive"), conds.get("negative")
+            use_neg = neg is not None and not math.isclose(cfg, 1.0)
+            out = cs.calc_cond_batch(inner, [pos, neg] if use_neg else [pos], x, t, model_options)
+            if not use_neg:
+                return out[0]
+            return cs.cfg_function(inner, out[0], out[1], cfg, x, t, model_options=model_options, cond=pos,
+                                   uncond=neg)
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            grid = x.reshape(V, F, *x.shape[1:])
+            sigma = timestep.reshape(-1)[:1]
+            i = step_index(self.sigmas_seen, float(sigma)) if self.sigmas_seen is not None else 0
+            opts_col = {k: v for k, v in model_options.items() if k != "multigpu_clones"}
+
+            def row_fn(xr, level, cond):
+                return torch.stack([self._pred(self.inner_model, self.conds, row_cfg, xr[b], sigma.expand(F),
+                                               model_options) for b in range(xr.shape[0])])
+
+            def col_fn(xc, level, cond):
+                return torch.stack([self._pred(self.col_inner, self._col_conds, col_cfg, xc[b], sigma.expand(V),
+                                               opts_col) for b in range(xc.shape[0])])
+
+            x0 = compose_x0(grid, float(sigma), row_fn, col_fn, row_weight=self.weights[min(i, len(self.weights) - 1)],
+                            distributed=False)
+            return x0.reshape(x.shape)
+
+    g = Guider_ScoreCompose(row_model, col_model)
+    g.inner_set_conds({k: v for k, v in row_conds.items() if v is not None})
+    g.col_conds_raw = {k: v for k, v in col_conds.items() if v is not None}
+    return g
+
+
+def _check_compatible(row_model, col_model) -> None:
+    """Both MODELs must share latent format and noise parametrisation (sigma scale); clear ValueError otherwise."""
+    a, b = row_model.model, col_model.model
+    la, lb = type(a.latent_format).__name__, type(b.latent_format).__name__
+    if la != lb:
+        raise ValueError(f"the video model's latent format is {la} but the multi-view model's is {lb}: Diffusion² "
+                         "composes their estimates on one latent grid, so both must use the same VAE/latent format "
+                         "(e.g. SVD + SV3D)")
+    ma, mb = a.model_sampling, b.model_sampling
+    for attr in ("sigma_min", "sigma_max"):
+        va, vb = float(getattr(ma, attr)), float(getattr(mb, attr))
+        if abs(va - vb) > 0.01 * max(abs(va), abs(vb), 1e-6):
+            raise ValueError(f"the two models use different noise scales ({attr} {va:g} vs {vb:g}): both must share "
+                             "the sampler's sigmas (e.g. SVD + SV3D, both EDM)")

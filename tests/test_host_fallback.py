@@ -339,3 +339,11 @@ def test_register_custom_folder(models):
 def test_describe():
     d = host.describe()
     assert d["host_available"] is False and d["splat_class"].endswith("LocalSPLAT")
+
+
+def test_compose_guider_needs_the_host():
+    host = _load_host()
+    if host.HOST_AVAILABLE:
+        pytest.skip("ComfyUI importable here")
+    with pytest.raises(RuntimeError, match="inside ComfyUI"):
+        host.make_compose_guider(None, None, 2, 3, {}, {}, 1.0, 1.0, {"kind": "constant"})

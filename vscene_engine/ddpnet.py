@@ -19,6 +19,14 @@ Layouts:
   The leap sampler's latents are [1, T, C, h, w] x scaling factor: permute with :func:`latent_input`.
 Any input size works: it is adaptively average-pooled to ``input_size`` (T, h, w) first.
 
+Distributed training: :func:`train_ddpnet` / :func:`train_from_folder` run under ``torchrun`` with PyTorch DDP
+(the conventions of :mod:`vscene_engine.distill`: ``distill.init_distributed`` joins torchrun's group, nccl on CUDA,
+gloo on CPU). Each rank draws its own slots of the global batch (world_size x batch x grad_accum; every draw is a
+pure function of seed, step and position), calls the reward (the student) for its own samples only; the rewards
+are gathered so the baseline / advantage statistics are identical on every rank, DDP averages the gradients, the
+history is rank-averaged, only rank 0 writes checkpoints and the final file. From the command line:
+``torchrun --nproc_per_node N -m vscene_engine train-ddpnet --model ... --data ... --out ...``.
+
 Differences from the paper, on purpose: the paper does not publish DDPNet's exact layers or training settings; this
 one is 4 x (Conv3d 3x3x3, GroupNorm, SiLU) + global pooling + Linear on a pooled input, with advantage
 normalisation (running std of r - b) so the learning rate does not depend on the reward's scale.
@@ -984,7 +992,8 @@ def train_from_folder(folder, out, model=None, steps: int = 300, lr: float = 1e-
                       n_bins: int = 10, t_min: int = 100, t_max: int = 900, width: int = 32,
                       input_size: tuple = (8, 16, 24), baseline: str = "per_sample", checkpoint=None,
                       checkpoint_every: int = 50, resume: bool = True, progress: ProgressFn | None = None,
-                      interrupt: Callable[[], None] | None = None) -> dict:
+                      interrupt: Callable[[], None] | None = None, grad_accum: int = 1,
+                      distributed: bool | None = None) -> dict:
     """Train a latent DDPNet on a folder of samples with the frozen student as the reward; write it to ``out``.
 
     folder: ``*.safetensors`` files, one per scene, each with ``render_latents`` (the coarse render's VAE latent),
@@ -993,13 +1002,26 @@ def train_from_folder(folder, out, model=None, steps: int = 300, lr: float = 1e-
     out: the DDPNet .safetensors to write (atomic; only after training succeeded).
     model: the loaded :class:`~vscene_engine.videomodel.VideoModel` whose transformer is the (VideoScene) student
       (``cogvideo_load.load_video_model``). Required.
-    steps, lr, batch, explore ("sample" | "egreedy"), epsilon, entropy, seed: see :func:`train_ddpnet`.
+    steps, lr, batch, explore ("sample" | "egreedy"), epsilon, entropy, seed, grad_accum: see :func:`train_ddpnet`.
     n_bins, t_min, t_max (T'), width, input_size: the :class:`DDPNetConfig` (in_channels from the latents).
     baseline: "per_sample" (default here: scenes differ a lot in reachable MSE) or "global".
     checkpoint / checkpoint_every / resume: see :func:`train_ddpnet` (e.g. ``out`` + ".ckpt.safetensors").
-    Rewards are cached per (scene, bin): at most N x n_bins transformer calls in total, whatever ``steps`` is.
-    Returns dict(path, history, n_samples, files, bins, transformer_calls).
+    Rewards are cached per (scene, bin): at most N x n_bins transformer calls in total per process, whatever
+    ``steps`` is.
+
+    distributed (see :func:`train_ddpnet`): None = auto, so under torchrun every process trains its share of the
+    global batch (world_size x ``batch`` x ``grad_accum``), calling the student for its own samples only:
+    ``torchrun --nproc_per_node N -m vscene_engine train-ddpnet --model ... --data ... --out ...`` (every rank loads
+    the student; on GPUs give each rank its own: the DDPNet goes to cuda:LOCAL_RANK with nccl). Only rank 0 writes
+    ``out`` and the checkpoint; the others wait for the write. A process group this call initialised (from
+    torchrun's env) is destroyed before it returns; one that was already initialised is left alone.
+    Returns dict(path, history, n_samples, files, bins, transformer_calls (summed over the ranks), rank,
+    world_size) on every rank.
     """
+    import torch.distributed as dist
+
+    from .distill import _dist_state
+
     if model is None:
         raise ValueError("train_from_folder needs the loaded video model (the frozen student) to compute rewards: "
                          "load it with cogvideo_load.load_video_model(base_dir, weights=...)")
@@ -1010,16 +1032,29 @@ def train_from_folder(folder, out, model=None, steps: int = 300, lr: float = 1e-
     nmax = int(model.scheduler_config.get("num_train_timesteps", 1000))
     if cfg.t_max >= nmax:
         raise ValueError(f"t_max {cfg.t_max} must be below the model's {nmax} training timesteps")
-    net = DDPNet(cfg, seed=seed)
-    reward_fn = make_leap_reward(model, render, gt, image, seed=seed)
-    samples = [r[0].permute(1, 0, 2, 3) for r in render]  # [1,T,C,h,w] -> [C,T,h,w]
-    hist = train_ddpnet(net, samples, reward_fn, steps, lr=lr, batch=batch, explore=explore, epsilon=epsilon,
-                        entropy=entropy, seed=seed, progress=progress, interrupt=interrupt, checkpoint=checkpoint,
-                        checkpoint_every=checkpoint_every, resume=resume, baseline=baseline)
-    last = hist["reward"][-20:]
-    meta = {"trained_on": Path(folder).name, "n_samples": len(samples), "steps": hist["steps"],
-            "student": str(getattr(model, "name", "")), "final_mean_reward": sum(last) / max(1, len(last)),
-            "greedy_histogram": hist["greedy_histogram"]}
-    path = save_ddpnet(net, out, extra_meta=meta)
-    return {"path": path, "history": hist, "n_samples": len(samples), "files": names, "bins": cfg.bins(),
-            "transformer_calls": reward_fn.calls}
+    had_group = dist.is_available() and dist.is_initialized()
+    rank, world = _dist_state(distributed)
+    owned = world > 1 and not had_group  # destroy only a group this call created
+    try:
+        dev = _comm_device(world)
+        net = DDPNet(cfg, seed=seed).to(dev if dev.type == "cuda" else "cpu")
+        reward_fn = make_leap_reward(model, render, gt, image, seed=seed)
+        samples = [r[0].permute(1, 0, 2, 3) for r in render]  # [1,T,C,h,w] -> [C,T,h,w]
+        hist = train_ddpnet(net, samples, reward_fn, steps, lr=lr, batch=batch, explore=explore, epsilon=epsilon,
+                            entropy=entropy, seed=seed, progress=progress, interrupt=interrupt, checkpoint=checkpoint,
+                            checkpoint_every=checkpoint_every, resume=resume, baseline=baseline,
+                            grad_accum=grad_accum, distributed=world > 1)
+        last = hist["reward"][-20:]
+        meta = {"trained_on": Path(folder).name, "n_samples": len(samples), "steps": hist["steps"],
+                "student": str(getattr(model, "name", "")), "final_mean_reward": sum(last) / max(1, len(last)),
+                "greedy_histogram": hist["greedy_histogram"], "world_size": world}
+        _rank0_write(lambda: save_ddpnet(net, out, extra_meta=meta), rank, world, dev, f"the DDPNet {out}")
+        calls = torch.tensor([float(reward_fn.calls)], dtype=torch.float64)
+        if world > 1:
+            calls = calls.to(dev)
+            dist.all_reduce(calls, op=dist.ReduceOp.SUM)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+    return {"path": Path(out), "history": hist, "n_samples": len(samples), "files": names, "bins": cfg.bins(),
+            "transformer_calls": int(calls.item()), "rank": rank, "world_size": world}
