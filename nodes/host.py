@@ -946,7 +946,7 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
 
     g = Guider_ScoreCompose(row_model, col_model)
     g.inner_set_conds({k: v for k, v in row_conds.items() if v is not None})
-    g.col_conds_raw = {k: v for k, v in col_conds.items() if v is not None}
+    g.col_conds_raw = {k: sh.convert_cond(v) for k, v in col_conds.items() if v is not None}
     return g
 
 
