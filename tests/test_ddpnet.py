@@ -52,7 +52,9 @@ def _accuracy(net, xt, bt):
 
 
 # ------------------------------------------------------------------------------------------- learning
-@pytest.mark.parametrize("explore,entropy,steps", [("sample", 0.01, 300), ("egreedy", 0.05, 400)])
+# egreedy explores little: about 1 run in 8 (over seeds, with this or the earlier sampling stream) is still stuck
+# in a local optimum after 400 steps; 600 steps leave none of seeds 0..15 below 0.8
+@pytest.mark.parametrize("explore,entropy,steps", [("sample", 0.01, 300), ("egreedy", 0.05, 600)])
 def test_bandit_learns_input_dependent_timestep(bandit, explore, entropy, steps):
     xs, best, xt, bt = bandit
     net = DDPNet(DDPNetConfig(**CFG), seed=0)
@@ -268,12 +270,16 @@ def _tiny_modules(seed=0):
     return tr.eval(), vae.eval()
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def _tiny_model():
     from vscene_engine.videomodel import VideoModel
     tr, vae = _tiny_modules()
     emb = torch.randn(1, 12, 24, generator=torch.Generator().manual_seed(5))
     return VideoModel(transformer=tr, vae=vae, scheduler_config=dict(SCHED_5B), prompt_embeds=emb, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny_model()
 
 
 def _latents(n, seed):
@@ -320,6 +326,112 @@ def test_train_from_folder(tmp_path, tiny):
     net = load_ddpnet(out, kind="latent")
     ts, probs, bins = choose_timestep(net, D.latent_input(render[0], "BTChw"))  # a batch of 1 -> a list
     assert len(ts) == 1 and ts[0] in bins and probs.shape == (1, 4) and bins == [100, 367, 633, 900]
+
+
+# ------------------------------------------------------------------------------------------- DDP
+DDP_KW = dict(batch=4, seed=7, explore="egreedy", epsilon=0.3, baseline="per_sample", checkpoint_every=4)
+FOLDER_KW = dict(steps=3, batch=1, n_bins=4, width=4, input_size=(3, 4, 6))
+
+
+def _recording_reward(best, bins, log):
+    base = _reward_for(best, bins)
+
+    def reward(idx, ts):
+        log.append((list(idx), list(ts)))
+        return base(idx, ts)
+    return reward
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        xs, best = _bandit(64, 0)
+        writes, save = [], D._save_checkpoint
+        D._save_checkpoint = lambda path, net, opt, st, *a: (writes.append(st.step), save(path, net, opt, st, *a))
+        ck, calls = Path(out_dir) / "ck.safetensors", []
+        net = DDPNet(DDPNetConfig(**CFG), seed=0)
+        reward = _recording_reward(best, net.bins, calls)
+        train_ddpnet(net, xs[:16], reward, 4, checkpoint=ck, **DDP_KW)  # auto-detects the group
+        net = DDPNet(DDPNetConfig(**CFG), seed=10 + rank)  # the resume (and DDP's broadcast) make them agree
+        h = train_ddpnet(net, xs[:16], reward, 8, checkpoint=ck, distributed=True, **DDP_KW)
+        # train_from_folder with the tiny student: auto-detects the group and leaves it alone (not its own)
+        res = train_from_folder(Path(out_dir).parent / "samples", Path(out_dir) / "pol.safetensors",
+                                model=_tiny_model(), **FOLDER_KW)
+        assert dist.is_initialized()
+        torch.save({"state": net.state_dict(), "hist": h, "calls": calls, "writes": writes,
+                    "folder": dict(res, path=str(res["path"]))},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_ranks(tmp_path, bandit, tiny):
+    """2 gloo ranks x batch 4: identical weights, rank 0 alone writes, rank-averaged history, resume under DDP; bit
+    for bit one process with batch 4 x grad_accum 2, and the same draws as one process with batch 8. Then
+    train_from_folder on the 2 ranks with the tiny student."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "out"
+    out.mkdir()
+    render, image = _latents(2, 3)
+    for i in range(2):
+        save_training_sample(tmp_path / "samples" / f"s{i}.safetensors", render[i], render[i] * 0.9, image[i])
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "pg_init"), str(out)), nprocs=2, join=True)
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    # one checkpoint, one policy file, no temporaries
+    assert sorted(os.listdir(out)) == ["ck.safetensors", "pol.safetensors", "rank0.pt", "rank1.pt"]
+    assert r0["writes"] == [4, 8] and r1["writes"] == []
+    h0, h1 = r0["hist"], r1["hist"]
+    assert (h0["rank"], h1["rank"], h0["world_size"]) == (0, 1, 2) and h0["resumed_from"] == 4
+    assert h0["settings"]["global_batch"] == 8 and h0["steps"] == 8
+    assert all(torch.equal(r0["state"][k], v) for k, v in r1["state"].items())
+    for key in ("reward", "loss", "entropy"):
+        assert h0[key] == h1[key] and len(h0[key]) == 8
+        a, b = h0["local"][key], h1["local"][key]  # this call's 4 steps, per rank
+        assert a != b and h0[key][4:] == pytest.approx([(x + y) / 2 for x, y in zip(a, b)], rel=1e-6, abs=1e-9)
+    # each rank asks for its own 4 samples per step only
+    assert all(len(i) == 4 for i, _ in r0["calls"] + r1["calls"]) and len(r0["calls"]) == len(r1["calls"]) == 8
+
+    xs, best, _, _ = bandit
+    ck = tmp_path / "single.safetensors"
+    net = DDPNet(DDPNetConfig(**CFG), seed=0)
+    calls = []
+    h = train_ddpnet(net, xs[:16], _recording_reward(best, net.bins, calls), 8, grad_accum=2, checkpoint=ck,
+                     **DDP_KW)
+    assert h["world_size"] == 1 and h["settings"]["global_batch"] == 8
+    # rank r = micro-batch r: the same samples, actions, rewards, statistics, gradients (a sum of two is exact)
+    assert calls == [c for pair in zip(r0["calls"], r1["calls"]) for c in pair]
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in r0["state"].items())
+    assert all(h[key] == h0[key] for key in ("reward", "loss", "entropy"))
+    a, b = load_file(str(ck)), load_file(str(out / "ck.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)  # baseline, Adam state, weights
+    # one process with batch 8: the same draws every step (a pure function of seed, step and position), hence the
+    # same samples and actions (the weights agree up to float summation order: the batch-8 forward and backward
+    # sum in another order than the 2 x 4 split, so bit equality is not promised there)
+    net8 = DDPNet(DDPNetConfig(**CFG), seed=0)
+    calls8 = []
+    h8 = train_ddpnet(net8, xs[:16], _recording_reward(best, net8.bins, calls8), 8, **dict(DDP_KW, batch=8))
+    assert calls8 == [(i0 + i1, t0 + t1) for (i0, t0), (i1, t1) in zip(r0["calls"], r1["calls"])]
+    assert h8["reward"] == h0["reward"]  # same rewards, same order
+    assert all(torch.allclose(net8.state_dict()[k], v, atol=1e-5) for k, v in r0["state"].items())
+
+    # train_from_folder on the same 2 ranks (batch 1): rank 0 wrote the file, the history is shared, student calls
+    # are summed over the ranks; it matches one process with batch 1 x grad_accum 2 (rewards from the tiny student
+    # agree up to its float rounding, which may depend on the thread count: approximate checks)
+    f0, f1 = r0["folder"], r1["folder"]
+    assert f0["path"] == f1["path"] == str(out / "pol.safetensors") and (f0["world_size"], f1["rank"]) == (2, 1)
+    assert f0["history"]["reward"] == f1["history"]["reward"] and len(f0["history"]["reward"]) == 3
+    assert f0["transformer_calls"] == f1["transformer_calls"] <= 2 * 2 * 4
+    single = train_from_folder(tmp_path / "samples", tmp_path / "single.safetensors", model=tiny, grad_accum=2,
+                               distributed=False, **FOLDER_KW)
+    assert single["history"]["reward"] == pytest.approx(f0["history"]["reward"], rel=1e-5)
+    a, b = load_ddpnet(out / "pol.safetensors"), load_ddpnet(tmp_path / "single.safetensors")
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 # ------------------------------------------------------------------------------------------- plot

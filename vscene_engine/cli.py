@@ -206,17 +206,25 @@ def cmd_leap(args) -> int:
 
 
 def cmd_train_ddpnet(args) -> int:
+    import os
+
     from .cogvideo_load import load_video_model
     from .ddpnet import train_from_folder
 
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     model = load_video_model(args.model, weights=args.weights, prompt_embeds=args.prompt_embeds,
-                             device=args.device, dtype=args.dtype)
-    bar = _bar(args.steps, "DDPNet")
+                             device=device, dtype=args.dtype)
+    bar = _bar(args.steps, "DDPNet") if rank0 else (lambda done: None)
     res = train_from_folder(args.data, args.out, model=model, steps=args.steps, lr=args.lr, batch=args.batch,
-                            explore=args.explore, seed=args.seed, n_bins=args.bins, t_min=args.t_min,
-                            t_max=args.t_max, checkpoint=args.checkpoint, progress=lambda _s, i, n: bar(i))
-    print(f"wrote {res['path']} ({res['n_samples']} samples, bins {res['bins']}, "
-          f"{res['transformer_calls']} student calls)")
+                            grad_accum=args.grad_accum, explore=args.explore, seed=args.seed, n_bins=args.bins,
+                            t_min=args.t_min, t_max=args.t_max, checkpoint=args.checkpoint,
+                            progress=lambda _s, i, n: bar(i))
+    if rank0:
+        print(f"wrote {res['path']} ({res['n_samples']} samples, bins {res['bins']}, "
+              f"{res['transformer_calls']} student calls)")
     return 0
 
 
@@ -335,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("distill", add_help=False,
                    help="VideoScene Algorithm 1 distillation (own options: python -m vscene_engine distill --help)")
 
-    td = sub.add_parser("train-ddpnet", help="train DDPNet (timestep policy) against a frozen student")
+    td = sub.add_parser("train-ddpnet", help="train DDPNet (timestep policy) against a frozen student (also under "
+                                             "torchrun --nproc_per_node N -m vscene_engine train-ddpnet ...)")
     td.add_argument("--model", required=True, help="CogVideoX I2V diffusers folder")
     td.add_argument("--weights", default=None, help="the student's weights (model.safetensors)")
     td.add_argument("--prompt-embeds", required=True)
@@ -344,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--out", required=True, help="DDPNet weights to write (.safetensors)")
     td.add_argument("--steps", type=int, default=300)
     td.add_argument("--lr", type=float, default=1e-3)
-    td.add_argument("--batch", type=int, default=4)
+    td.add_argument("--batch", type=int, default=4, help="samples per step per process")
+    td.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (global batch = processes x "
+                                                               "batch x grad-accum)")
     td.add_argument("--explore", default="sample", choices=["sample", "egreedy"])
     td.add_argument("--bins", type=int, default=10)
     td.add_argument("--t-min", type=int, default=100)
