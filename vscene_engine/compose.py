@@ -429,6 +429,36 @@ def _known_grid(V: int, Fr: int, like: torch.Tensor, cond_row, cond_row_index: i
     return mask, values
 
 
+def _apply_x0_hook(hook, x0: torch.Tensor, i: int, steps: int, level, known, rank: int, world: int,
+                   group) -> torch.Tensor:
+    """hook(i, steps, level, x0 flattened view-major [V*F, C, H, W]) -> grid [V, F, C, H, W], known entries
+    clamped; with world > 1 rank 0 runs the hook and broadcasts."""
+    V, Fr = int(x0.shape[0]), int(x0.shape[1])
+    if world > 1 and hasattr(hook, "selects") and not hook.selects(i, steps):
+        return x0
+    flat = x0.reshape((V * Fr,) + tuple(x0.shape[2:]))
+    if world == 1 or rank == 0:
+        out = hook(i, steps, level, flat)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(flat.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"x0_hook must return a tensor shaped like the flattened grid {tuple(flat.shape)} "
+                             f"(view-major V*F items), got {got}")
+        out = out.to(device=x0.device, dtype=x0.dtype)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"x0_hook returned NaN or inf at step {i}")
+    else:
+        out = torch.empty_like(flat)
+    if world > 1:
+        out = out.contiguous()
+        torch.distributed.broadcast(out, src=torch.distributed.get_global_rank(group, 0) if group is not None
+                                    else 0, group=group)
+    out = out.reshape(x0.shape)
+    if known is not None:
+        m = known[0].to(x0.device).reshape(V, Fr, 1, 1, 1)
+        out = torch.where(m, known[1].to(device=x0.device, dtype=x0.dtype), out)
+    return out
+
+
 def _ddim_schedule(steps: int, cfg: dict | None) -> tuple[torch.Tensor, list[int], list[float]]:
     """(alphas_cumprod [T] float64, timesteps [n], alpha of each step's target [n]) - diffusers' DDIM convention:
     previous timestep = t - T // n, the final one ``set_alpha_to_one`` (1) or a_0."""
@@ -457,7 +487,8 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
                    batch: int = 1, col_batch: int | None = None,
                    distributed: bool | None = None, group=None,
                    progress: Callable[[int, int], None] | None = None,
-                   interrupt: Callable[[], Any] | None = None) -> ComposeResult:
+                   interrupt: Callable[[], Any] | None = None,
+                   x0_hook: Callable | None = None) -> ComposeResult:
     """Sample the V x F grid by composing a video model (rows) and a multi-view model (columns).
 
     noise [V, F, C, H, W]: standard normal noise (the grid's shape, dtype and device; EDM starts at sigma_max * noise,
@@ -474,6 +505,14 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
     docstring); ``row_cond`` / ``col_cond`` / ``ind_cond`` are handed to the denoisers. ``progress(i, n)`` is called
     after step i (1-based), ``interrupt()`` before each step: it may raise (a host's cancel exception) or return
     True, which raises InterruptedError. See the module docstring for batching and torch.distributed sharding.
+
+    x0_hook(step, n_steps, level, x0_flat) -> x0_flat' (optional, e.g. ``aware3d.make_3d_aware_hook``): called once
+    per step (0-based index; level = the step's sigma or timestep) on the composed x0 grid flattened view-major,
+    ``x0_flat [V * F, C, H, W]`` with item v * F + f = view v, frame f (the ComfyUI latent-batch order, so the hook's
+    cameras / decoded frames follow it), before the sampler update, which then uses the returned x0; known
+    (conditioning) entries are clamped again afterwards. Heun: applied to the step's first x0 estimate only.
+    World size R > 1: only rank 0 runs the hook and its result is broadcast (a hook with ``selects(step, n_steps)``
+    skips the broadcast on the steps it leaves alone). None: unchanged sampler.
     """
     t_start = time.perf_counter()
     V, Fr = _check_grid(noise, "noise")
@@ -525,6 +564,11 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
         if interrupt is not None and interrupt():
             raise InterruptedError("composition sampling interrupted")
 
+    def hooked(x0, i, level):
+        if x0_hook is None:
+            return x0
+        return _apply_x0_hook(x0_hook, x0, i, steps, level, known, rank, world, group)
+
     with torch.no_grad():
         if sampler == "ddim":
             acp, ts, prev = _ddim_schedule(steps, scheduler_config)
@@ -533,7 +577,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
             for i, t in enumerate(ts):
                 check_interrupt()
                 a_t, a_p = float(acp[t]), prev[i]
-                x0 = x0_at(x, int(t), i)
+                x0 = hooked(x0_at(x, int(t), i), i, int(t))
                 ca = ((1 - a_p) / (1 - a_t)) ** 0.5
                 x = ca * x + (a_p ** 0.5 - a_t ** 0.5 * ca) * x0
                 x = clamp(x, a_p ** 0.5, (1 - a_p) ** 0.5)
@@ -545,7 +589,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
             for i in range(steps):
                 check_interrupt()
                 s_i, s_n = levels[i], levels[i + 1]
-                x0 = x0_at(x, s_i, i)
+                x0 = hooked(x0_at(x, s_i, i), i, s_i)
                 d = (x - x0) / s_i
                 x_next = x + (s_n - s_i) * d
                 if sampler == "heun" and s_n > 0:

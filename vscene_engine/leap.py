@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from .videomodel import VideoModel
 
 __all__ = ["SampleResult", "alphas_cumprod", "leap_timesteps", "teacher_timesteps", "prepare_inputs",
-           "encode_conditioning", "leap_sample", "teacher_sample", "ASPECT_MODES"]
+           "encode_conditioning", "leap_sample", "teacher_sample", "refine_3d", "ASPECT_MODES"]
 
 ASPECT_MODES = ("stretch", "crop", "pad")
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
@@ -367,6 +367,51 @@ def _noop(*_a, **_k):
     return None
 
 
+class _Held:
+    """``model.placer.use(name, module)`` held open, releasable and re-acquirable (for x0 hooks that need the VAE)."""
+
+    def __init__(self, model: VideoModel, name: str):
+        self.model, self.name, self.cm, self.module = model, name, None, None
+
+    def acquire(self):
+        if self.cm is None:
+            self.cm = self.model.placer.use(self.name, getattr(self.model, self.name))
+            self.module = self.cm.__enter__()
+        return self.module
+
+    def release(self) -> None:
+        if self.cm is not None:
+            cm, self.cm, self.module = self.cm, None, None
+            cm.__exit__(None, None, None)
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cm is not None:
+            cm, self.cm, self.module = self.cm, None, None
+            return cm.__exit__(*exc)
+        return False
+
+
+def _call_x0_hook(hook, held: _Held, step: int, n_steps: int, level, x0: torch.Tensor) -> torch.Tensor:
+    """x0_hook(step, n_steps, level, x0) with shape / dtype checks; the transformer is released while a hook that
+    ``selects`` this step runs."""
+    release = hasattr(hook, "selects") and bool(hook.selects(step, n_steps))
+    if release:
+        held.release()
+    try:
+        out = hook(step, n_steps, level, x0)
+    finally:
+        if release:
+            held.acquire()
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x0.shape):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"x0_hook must return a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
+    return out.to(device=x0.device, dtype=x0.dtype)
+
+
 def _sync(device) -> None:
     """Wait for queued GPU work so stage timings are real (no-op on CPU)."""
     if torch.device(device).type == "cuda":
@@ -436,7 +481,8 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
                    steps: int = 50, guidance: float = 1.0, seed: int = 0, init: str = "noise",
                    start_timestep: int | None = None, aspect: str = "stretch", view_filter: str = "nearest",
                    vae_tiling: bool = False, frames: int | None = None,
-                   progress: ProgressFn | None = None, interrupt: Callable[[], None] | None = None) -> SampleResult:
+                   progress: ProgressFn | None = None, interrupt: Callable[[], None] | None = None,
+                   x0_hook: Callable | None = None) -> SampleResult:
     """Multi-step DDIM (eta = 0) sampler of the base model on the student's conditioning.
 
     init="noise": start from pure noise at the first timestep of the schedule (the base model's own generation;
@@ -444,6 +490,13 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
     latents to ``start_timestep`` (e.g. 549) and run the DDIM steps below it. guidance > 1 enables classifier-free
     guidance with ``model.negative_prompt_embeds`` (required then). Same seed -> same image-latent noise as
     :func:`leap_sample` (the draws happen in the same order).
+
+    x0_hook(step, n_steps, t, x0) -> x0' (optional, e.g. ``aware3d.make_3d_aware_hook``) is called at every DDIM step
+    (step = 0-based index, n_steps = len(timesteps), t = the int timestep) with the x0 estimate [1, T, C, h, w]
+    (VAE latents x scaling factor, float32, on the model's device; ``aware3d.model_codec(model)`` decodes / encodes
+    this layout) before the update, which then uses the returned x0 (eps is implied by x_t and x0, as in VideoMV).
+    A hook with a ``selects(step, n_steps)`` method is called with the transformer's placement released on the
+    steps it selects (so it may use the VAE under an offloading placer). x0_hook=None: unchanged sampler.
     """
     progress, interrupt = progress or _noop, interrupt or _noop
     if init not in ("noise", "video"):
@@ -480,7 +533,8 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
     final_acp = torch.tensor(1.0) if cfgd.get("set_alpha_to_one", True) else acp[0]
     stride = n_train // int(steps)
     t1 = time.perf_counter()
-    with model.placer.use("transformer", model.transformer) as tr, torch.no_grad():
+    with _Held(model, "transformer") as held, torch.no_grad():
+        tr = held.module
         emb = model.prompt_embeds.to(model.device, model.dtype)
         if cfg_on:
             emb = torch.cat([model.negative_prompt_embeds.to(model.device, model.dtype), emb], 0)
@@ -504,6 +558,9 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
                 x0 = a_t ** 0.5 * x_t - (1 - a_t) ** 0.5 * out
             else:
                 x0 = (x_t - (1 - a_t) ** 0.5 * out) / a_t ** 0.5
+            if x0_hook is not None:
+                x0 = _call_x0_hook(x0_hook, held, i, len(ts), int(t), x0)
+                tr = held.module
             at = ((1 - a_p) / (1 - a_t)) ** 0.5
             bt = a_p ** 0.5 - a_t ** 0.5 * at
             x = (at * x_t + bt * x0).to(model.dtype)
@@ -519,3 +576,19 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
     info = {"encode_s": t1 - t0, "transformer_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0,
             "sigma": cond["sigma"], "guidance": float(guidance), "init": init, "seed": int(seed)}
     return SampleResult(frames=out, latents=latents, timesteps=ts, info=info)
+
+
+def refine_3d(model: VideoModel, result: SampleResult, cameras, t_small: int = 200, seed: int = 0, cfg=None, *,
+              first: torch.Tensor | None = None, last: torch.Tensor | None = None, init_scene=None,
+              aspect: str = "stretch", view_filter: str = "nearest", vae_tiling: bool = False,
+              progress: ProgressFn | None = None, interrupt: Callable[[], None] | None = None) -> SampleResult:
+    """3D-aware refine of a one-step student result (VideoScene / VideoMV style; ``aware3d.refine_3d``):
+    fit Gaussians to ``result.frames`` at ``cameras`` (path cameras, one per frame; ``cfg`` an
+    ``aware3d.Aware3DConfig``), render every camera, and run one more student step from that render:
+    ``leap_sample(model, first, last, render, timestep=t_small, seed=seed)`` (first / last default to the first and
+    last output frames; pass the real views and the original seed to reuse the conditioning draws)."""
+    from .aware3d import refine_3d as _refine
+
+    return _refine(model, result, cameras, t_small=t_small, seed=seed, cfg=cfg, first=first, last=last,
+                   init_scene=init_scene, aspect=aspect, view_filter=view_filter, vae_tiling=vae_tiling,
+                   progress=progress, interrupt=interrupt)
