@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from . import host
 
 CATEGORY = "VideoScene"
@@ -172,11 +174,20 @@ class LeapFlowStudent:
                 "views": ("VSCENE_VIEWS", {"tooltip": "The two views (first/last frame conditions)."}),
                 "first_image": ("IMAGE", {"tooltip": "Override of the first view (first image of the batch)."}),
                 "last_image": ("IMAGE", {"tooltip": "Override of the last view (last image of the batch)."}),
+                "refine_3d": ("BOOLEAN", {"default": False,
+                                          "tooltip": "3D-aware refine (VideoMV style): fit Gaussians to the "
+                                                     "output at the trajectory cameras, render them, re-noise to "
+                                                     "refine_t and take one more student step. Needs trajectory."}),
+                "refine_t": ("INT", {"default": 100, "min": 1, "max": 999,
+                                     "tooltip": "Timestep of the refine step (small: keeps the 3D render)."}),
+                "trajectory": ("VSCENE_TRAJECTORY", {"tooltip": "Cameras of the frames (Coarse Splat Prior), "
+                                                               "for refine_3d."}),
+                "prior_splat": ("SPLAT", {"tooltip": "Warm start of the refine fit (e.g. the coarse prior)."}),
             },
         }
 
     def run(self, video_model, frames, timestep, seed, steps, aspect, views=None, first_image=None,
-            last_image=None):
+            last_image=None, refine_3d=False, refine_t=100, trajectory=None, prior_splat=None):
         from vscene_engine.leap import leap_sample
 
         a, b = _views_images(views, first_image, last_image)
@@ -190,8 +201,38 @@ class LeapFlowStudent:
         bar.update_absolute(2 + steps, preview=res.frames[res.frames.shape[0] // 2])
         bar.close()
         info = {"timesteps": res.timesteps, **res.info}
+        if refine_3d:
+            res = self._refine(video_model, res, a, b, video, aspect, seed, refine_t, trajectory, prior_splat)
+            info["refine_3d"] = {"timesteps": res.timesteps, **{k: v for k, v in res.info.items()
+                                                               if isinstance(v, (int, float, str, dict, list))}}
         return (res.frames.to(host.intermediate_device()), {"samples": res.latents},
                 json.dumps(info, indent=1, default=str))
+
+    @staticmethod
+    def _refine(video_model, res, a, b, video, aspect, seed, refine_t, trajectory, prior_splat):
+        from vscene_engine.leap import _aspect_plan, refine_3d
+
+        if trajectory is None:
+            raise ValueError("refine_3d needs the trajectory (cameras of the frames): connect Coarse Splat Prior's "
+                             "trajectory output")
+        if len(trajectory) != res.frames.shape[0]:
+            raise ValueError(f"the trajectory has {len(trajectory)} cameras but the video has {res.frames.shape[0]} "
+                             "frames: connect the trajectory that rendered these frames")
+        cams = trajectory.clone()
+        if aspect == "crop":
+            H, W = video_model.native_size
+            y0, x0, ch, cw = _aspect_plan(video.shape[1], video.shape[2], H, W, "crop")["crop"]
+            cams = cams.resized(video.shape[2], video.shape[1]).cropped(x0, y0, cw, ch)
+        init = host.splat_to_scenes(prior_splat)[0].to(dtype=torch.float32).clone() if prior_splat is not None \
+            else None
+        bar = host.progress(3, "VideoScene 3D-aware refine")
+        out = refine_3d(video_model, res, cams, t_small=int(refine_t), seed=int(seed), first=a, last=b,
+                        init_scene=init, aspect=aspect,
+                        vae_tiling=bool(video_model.report.get("vae_tiling", False)),
+                        interrupt=host.check_interrupt)
+        bar.update_absolute(3, preview=out.frames[out.frames.shape[0] // 2])
+        bar.close()
+        return out
 
 
 class VideoSceneTeacher:

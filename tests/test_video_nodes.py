@@ -107,3 +107,27 @@ def test_ddpnet_timestep_feeds_leap(nodes):
     assert json.loads(li)["timesteps"] == [t]
     with pytest.raises(ValueError, match="latents"):
         dn.DDPNetTimestep().run("tiny/ddpnet.safetensors", "greedy", 0, frames=frames)
+
+
+def test_leap_refine_3d_option(nodes):
+    from vscene_engine.synthetic import demo_cameras
+    from vscene_engine.trajectories import make_trajectory
+
+    model, _ = _load(nodes)
+    frames = torch.rand(9, 48, 80, 3, generator=torch.Generator().manual_seed(2))
+    traj = make_trajectory("interpolate", demo_cameras(80, 48), frames=9)
+    out, latent, info = nodes.LeapFlowStudent().run(model, frames, 549, 0, 1, "stretch", first_image=frames[:1],
+                                                    last_image=frames[-1:], refine_3d=True, refine_t=100,
+                                                    trajectory=traj)
+    rep = json.loads(info)
+    assert rep["timesteps"] == [549] and rep["refine_3d"]["timesteps"] == [100]
+    assert out.shape == (9, 48, 80, 3) and latent["samples"].shape == (1, 16, 3, 8, 12)
+    plain, _, _ = nodes.LeapFlowStudent().run(model, frames, 549, 0, 1, "stretch", first_image=frames[:1],
+                                              last_image=frames[-1:])
+    assert (plain - out).abs().max() > 1e-3  # the refine step changed the result
+    with pytest.raises(ValueError, match="trajectory"):
+        nodes.LeapFlowStudent().run(model, frames, 549, 0, 1, "stretch", first_image=frames[:1],
+                                    last_image=frames[-1:], refine_3d=True)
+    with pytest.raises(ValueError, match="9 frames|cameras"):
+        nodes.LeapFlowStudent().run(model, frames, 549, 0, 1, "stretch", first_image=frames[:1],
+                                    last_image=frames[-1:], refine_3d=True, trajectory=traj[:5])
