@@ -71,3 +71,67 @@ class ScoreComposeMultiView:
 
 NODE_CLASS_MAPPINGS = {"ScoreComposeMultiView": ScoreComposeMultiView}
 NODE_DISPLAY_NAME_MAPPINGS = {"ScoreComposeMultiView": "Score Compose Multi-View (Diffusion²)"}
+
+
+class GridSelect:
+    """V x F image grid (view-major batch) -> one frame's V views or one view's F frames."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The selected views (axis frame) or frames (axis view).",)
+    DESCRIPTION = "Selects a column (the views of one frame) or a row (the frames of one view) of a composed grid."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Decoded grid, batch views x frames, view-major (v*frames + f)."}),
+            "views": ("INT", {"default": 21, "min": 1, "max": 256, "tooltip": "V of the grid."}),
+            "frames": ("INT", {"default": 14, "min": 1, "max": 256, "tooltip": "F of the grid."}),
+            "axis": (["frame", "view"], {"default": "frame",
+                                         "tooltip": "frame: the V views of frame index; view: the F frames of "
+                                                    "view index."}),
+            "index": ("INT", {"default": 0, "min": 0, "max": 255, "tooltip": "Which frame / view."}),
+        }}
+
+    def run(self, images, views, frames, axis, index):
+        from vscene_engine.compose import grid_select
+
+        return (grid_select(images, views, frames, axis, index),)
+
+
+class OrbitTrajectory:
+    """Cameras of an SV3D-style orbit (for SplatReconstruct on a multi-view column)."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("VSCENE_TRAJECTORY",)
+    RETURN_NAMES = ("trajectory",)
+    OUTPUT_TOOLTIPS = ("One camera per view, azimuth i*360/(views-1) as core SV3D_Conditioning.",)
+    DESCRIPTION = ("Orbit cameras around the origin matching core SV3D_Conditioning's views (fixed elevation, "
+                   "evenly spaced azimuths), to reconstruct a splat from the views of one frame.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "views": ("INT", {"default": 21, "min": 1, "max": 256, "tooltip": "Number of views (SV3D: 21)."}),
+            "elevation": ("FLOAT", {"default": 0.0, "min": -90.0, "max": 90.0, "step": 0.1,
+                                    "tooltip": "Elevation in degrees (as in SV3D_Conditioning)."}),
+            "fov_deg": ("FLOAT", {"default": 33.8, "min": 5.0, "max": 120.0, "step": 0.1,
+                                  "tooltip": "Field of view (SV3D renders: about 33.8 degrees)."}),
+            "radius": ("FLOAT", {"default": 2.0, "min": 0.1, "max": 100.0, "step": 0.1,
+                                 "tooltip": "Camera distance from the object centre."}),
+            "width": ("INT", {"default": 576, "min": 16, "max": 4096, "step": 8, "tooltip": "Image width."}),
+            "height": ("INT", {"default": 576, "min": 16, "max": 4096, "step": 8, "tooltip": "Image height."}),
+        }}
+
+    def run(self, views, elevation, fov_deg, radius, width, height):
+        from vscene_engine.compose import orbit_cameras
+
+        return (orbit_cameras(views, elevation, fov_deg, radius, width, height),)
+
+
+NODE_CLASS_MAPPINGS.update({"GridSelect": GridSelect, "OrbitTrajectory": OrbitTrajectory})
+NODE_DISPLAY_NAME_MAPPINGS.update({"GridSelect": "Grid Select (VideoScene)",
+                                   "OrbitTrajectory": "Orbit Trajectory (VideoScene)"})

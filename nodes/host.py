@@ -909,13 +909,34 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
 
         def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar,
                          seed, latent_shapes=None):
+            # Conditions are prepared for the batch each model really sees: F frames for the video model, V views
+            # for the multi-view model (video models read their frame count from the batch, e.g. SVD's
+            # num_video_frames), not for the whole V*F grid.
+            import comfy.model_patcher as mp
+            import comfy.patcher_extension as pe
+
+            def part(t, n):
+                return None if t is None else t[:n]
+
+            self.inner_model.latent_shapes = latent_shapes
             li = latent_image
             if li is not None and torch.count_nonzero(li) > 0:
-                li = self.col_inner.process_latent_in(li)
-            self._col_conds = cs.process_conds(self.col_inner, noise, self._col_raw, device, li, denoise_mask,
-                                               seed, latent_shapes=latent_shapes)
-            return super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback,
-                                        disable_pbar, seed, latent_shapes=latent_shapes)
+                li = self.inner_model.process_latent_in(li)
+            self.conds = cs.process_conds(self.inner_model, noise[:F], self.conds, device, part(li, F),
+                                          part(denoise_mask, F), seed, latent_shapes=latent_shapes)
+            lc = latent_image
+            if lc is not None and torch.count_nonzero(lc) > 0:
+                lc = self.col_inner.process_latent_in(lc)
+            self._col_conds = cs.process_conds(self.col_inner, noise[:V], self._col_raw, device, part(lc, V),
+                                               part(denoise_mask, V), seed, latent_shapes=latent_shapes)
+            extra = mp.create_model_options_clone(self.model_options)
+            extra.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
+            extra_args = {"model_options": extra, "seed": seed}
+            executor = pe.WrapperExecutor.new_class_executor(
+                sampler.sample, sampler,
+                pe.get_all_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, extra_args["model_options"], is_model_options=True))
+            samples = executor.execute(self, sigmas, extra_args, callback, noise, li, denoise_mask, disable_pbar)
+            return self.inner_model.process_latent_out(samples.to(torch.float32))
 
         def _pred(self, inner, conds, cfg, x, t, model_options):
             pos, neg = conds.get("positive"), conds.get("negative")

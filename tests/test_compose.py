@@ -390,3 +390,23 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     assert [o["info"]["row_calls"] for o in outs] == [7, 7] and single.info["row_calls"] == 14
     assert [o["info"]["col_calls"] for o in outs] == [7, 7] and single.info["col_calls"] == 14
     assert sorted(o["info"]["rank"] for o in outs) == [0, 1]
+
+
+def test_orbit_cameras_and_grid_select():
+    import math
+
+    from vscene_engine.compose import grid_select, orbit_cameras
+
+    cams = orbit_cameras(5, elevation_deg=10.0, radius=2.0, width=64, height=48)
+    assert len(cams) == 5 and cams.width == 64
+    centers = cams.centers
+    assert torch.allclose(centers.norm(dim=-1), torch.full((5,), 2.0), atol=1e-5)
+    assert torch.allclose(centers[0], centers[-1], atol=1e-5)  # 0 and 360 degrees, as SV3D_Conditioning
+    uv, depth = cams.project(torch.zeros(1, 3))
+    assert torch.allclose(uv[:, 0], torch.tensor([32.0, 24.0]).expand(5, 2), atol=1e-3) and (depth > 0).all()
+    assert math.isclose(float(cams.K[0, 0, 0]), 0.5 * 64 / math.tan(math.radians(33.8) / 2), rel_tol=1e-6)
+    imgs = torch.arange(2 * 3).float().view(6, 1, 1, 1).expand(6, 2, 2, 3)
+    assert grid_select(imgs, 2, 3, "frame", 1)[:, 0, 0, 0].tolist() == [1.0, 4.0]
+    assert grid_select(imgs, 2, 3, "view", 1)[:, 0, 0, 0].tolist() == [3.0, 4.0, 5.0]
+    with pytest.raises(ValueError, match="views x frames"):
+        grid_select(imgs[:5], 2, 3, "frame", 0)

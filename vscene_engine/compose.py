@@ -606,3 +606,46 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
             "col_calls": stats.get("col_fn", 0), "ind_calls": stats.get("ind_fn", 0), "world_size": world,
             "rank": rank, "exact_form": ind_fn is not None, "seconds": time.perf_counter() - t_start}
     return ComposeResult(samples=x, s=s_out, row_weights=rw, levels=levels, info=info)
+
+
+# ============================================================================================ grid helpers
+def orbit_cameras(views: int, elevation_deg: float = 0.0, fov_deg: float = 33.8, radius: float = 2.0,
+                  width: int = 576, height: int = 576):
+    """Cameras of an SV3D-style orbit around the origin: view i at azimuth i * 360 / (views - 1) degrees (as core
+    ComfyUI's SV3D_Conditioning numbers them, so the first and last views coincide), fixed elevation, looking at
+    the origin, world -y up. OpenCV camera-to-world, +x right, +y down, +z forward; K from the horizontal FOV.
+    Returns ``cameras.Cameras`` with ``views`` cameras."""
+    import math as _m
+
+    from .cameras import Cameras, look_at
+
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    step = 360.0 / max(views - 1, 1)
+    az = torch.tensor([i * step for i in range(views)], dtype=torch.float64) * _m.pi / 180
+    el = _m.radians(float(elevation_deg))
+    eye = torch.stack([radius * _m.cos(el) * torch.sin(az), torch.full_like(az, -radius * _m.sin(el)),
+                       -radius * _m.cos(el) * torch.cos(az)], -1).float()
+    c2w = look_at(eye, torch.zeros_like(eye))
+    f = 0.5 * width / _m.tan(_m.radians(fov_deg) / 2)
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    return Cameras(c2w=c2w, K=K.expand(views, 3, 3).clone(), width=int(width), height=int(height),
+                   near=max(0.01, radius - 1.5), far=radius + 1.5, names=[f"view_{i:02d}" for i in range(views)])
+
+
+def grid_select(images: torch.Tensor, views: int, frames: int, axis: str, index: int) -> torch.Tensor:
+    """From a view-major grid batch [V*F, ...] (item v*F + f) take the V views of frame ``index`` (axis "frame")
+    or the F frames of view ``index`` (axis "view")."""
+    V, F = int(views), int(frames)
+    if images.shape[0] != V * F:
+        raise ValueError(f"the batch has {images.shape[0]} images but views x frames = {V} x {F} = {V * F}")
+    g = images.reshape(V, F, *images.shape[1:])
+    if axis == "frame":
+        if not 0 <= index < F:
+            raise ValueError(f"frame index {index} out of range 0..{F - 1}")
+        return g[:, index]
+    if axis == "view":
+        if not 0 <= index < V:
+            raise ValueError(f"view index {index} out of range 0..{V - 1}")
+        return g[index]
+    raise ValueError(f"axis must be 'frame' or 'view', got {axis!r}")
