@@ -62,21 +62,6 @@ def toy_data(width=48, height=32, frames=9, seed=3):
     return path, truth
 
 
-def perturb(x, seed, shift=2.0, gain=0.15, bias=0.05):
-    g = torch.Generator().manual_seed(seed)
-    n, h, w, _ = x.shape
-    out = []
-    for i in range(n):
-        dx, dy = [float(v) for v in (torch.rand(2, generator=g) * 2 - 1) * shift]
-        th = torch.tensor([[1, 0, -dx * 2 / w], [0, 1, -dy * 2 / h]], dtype=torch.float32)[None]
-        grid = F.affine_grid(th, (1, 3, h, w), align_corners=False)
-        y = F.grid_sample(x[i].permute(2, 0, 1)[None], grid, padding_mode="border", align_corners=False)[0]
-        gn = 1 + (torch.rand(3, generator=g) * 2 - 1) * gain
-        bs = (torch.rand(3, generator=g) * 2 - 1) * bias
-        out.append((y.permute(1, 2, 0) * gn + bs).clamp(0, 1))
-    return torch.stack(out)
-
-
 def enc(frames):
     return F.pixel_unshuffle(frames.permute(0, 3, 1, 2) * 2 - 1, 2)
 
@@ -92,7 +77,7 @@ def measure(frames, path, args):
 
 def run_toy(args) -> dict:
     path, truth = toy_data()
-    bad = perturb(truth, seed=0)
+    bad = A.jitter_views(truth, seed=0)
     out = {"truth": measure(truth, path, args)}
     out["perturbed"] = {**measure(bad, path, args), "psnr_to_truth": float(psnr(bad, truth))}
     cfg = A.Aware3DConfig(iters=args.iters, init_iters=args.init_iters, background=BG)

@@ -31,22 +31,6 @@ def _path(w=W, h=H, frames=NF, seed=3):
     return make_path(ViewPair(torch.zeros(2, h, w, 3), cams, 0.5, 10.0), frames=frames)
 
 
-def _perturb(x: torch.Tensor, seed: int, shift: float = 2.0, gain: float = 0.15, bias: float = 0.05):
-    """Independent per-view sub-pixel shift (+-shift px) and per-channel gain / bias jitter."""
-    g = torch.Generator().manual_seed(seed)
-    n, h, w, _ = x.shape
-    out = []
-    for i in range(n):
-        dx, dy = [float(v) for v in (torch.rand(2, generator=g) * 2 - 1) * shift]
-        th = torch.tensor([[1, 0, -dx * 2 / w], [0, 1, -dy * 2 / h]], dtype=torch.float32)[None]
-        grid = F.affine_grid(th, (1, 3, h, w), align_corners=False)
-        y = F.grid_sample(x[i].permute(2, 0, 1)[None], grid, padding_mode="border", align_corners=False)[0]
-        gn = 1 + (torch.rand(3, generator=g) * 2 - 1) * gain
-        bs = (torch.rand(3, generator=g) * 2 - 1) * bias
-        out.append((y.permute(1, 2, 0) * gn + bs).clamp(0, 1))
-    return torch.stack(out)
-
-
 def encode(frames):  # [N, H, W, 3] 0..1 -> [N, 12, H/2, W/2]
     return F.pixel_unshuffle(frames.permute(0, 3, 1, 2) * 2 - 1, 2)
 
@@ -64,7 +48,7 @@ def toy():
     path = _path()
     with torch.no_grad():
         truth = render(procedural_scene(n=5000, seed=3), path, background=BG).rgb.clamp(0, 1)
-    return {"path": path, "truth": truth, "bad": _perturb(truth, seed=0)}
+    return {"path": path, "truth": truth, "bad": A.jitter_views(truth, seed=0)}
 
 
 MEASURE = dict(iters=150, n_init=1000, background=BG, seed=0)

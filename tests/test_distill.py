@@ -13,36 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+from tiny_cogvideo_fixtures import FRAMES, H, SCHED_5B, W
+from tiny_cogvideo_fixtures import tiny_modules as _tiny_modules
 
 from vscene_engine import distill as D
 from vscene_engine import leap
 from vscene_engine.cogvideo_load import apply_weights
 from vscene_engine.videomodel import VideoModel
 
-SCHED_5B = {"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
-            "clip_sample_range": 1.0, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
-            "rescale_betas_zero_snr": True, "sample_max_value": 1.0, "set_alpha_to_one": True,
-            "snr_shift_scale": 1.0, "steps_offset": 0, "timestep_spacing": "trailing", "trained_betas": None}
-FRAMES, H, W = 9, 64, 96
+
 LAT = (1, 3, 16, H // 8, W // 8)  # [1, T, C, h, w]
-
-
-def _tiny_modules(seed=0):
-    """As tests/test_leap.py::_tiny_modules."""
-    torch.manual_seed(seed)
-    tr = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=32, out_channels=16, time_embed_dim=16,
-        text_embed_dim=24, num_layers=2, sample_width=W // 8, sample_height=H // 8, sample_frames=FRAMES,
-        max_text_seq_length=12, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True)
-    vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
-                                 latent_channels=16, sample_height=H, sample_width=W, scaling_factor=0.7)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in list(tr.parameters()) + list(vae.parameters()):
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    return tr.eval(), vae.eval()
 
 
 def _make_model() -> VideoModel:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from .cameras import Cameras
 from .gaussians import GaussianScene
 
-__all__ = ["FAST_LR", "Aware3DConfig", "Aware3DHook", "ConsistencyReport", "select_steps", "make_3d_aware_hook",
+__all__ = ["jitter_views", "FAST_LR", "Aware3DConfig", "Aware3DHook", "ConsistencyReport", "select_steps", "make_3d_aware_hook",
            "model_codec", "grid_groups", "fit_views", "inconsistency", "refine_3d"]
 
 #: Learning rates of the fast (60-300 iteration) fits: ~10x the 3DGS defaults, which are tuned for 30k iterations
@@ -507,3 +507,20 @@ def refine_3d(model, result, cameras: Cameras, t_small: int = 200, seed: int = 0
     out.scene = scene
     out.render = R
     return out
+
+
+def jitter_views(x: torch.Tensor, seed: int, shift: float = 2.0, gain: float = 0.15, bias: float = 0.05):
+    """Toy view-inconsistent "denoiser" for benchmarks and tests: x [N, H, W, 3] 0..1 -> the same views with an
+    independent per-view sub-pixel shift (+-shift px) and per-channel gain / bias jitter (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    n, h, w, _ = x.shape
+    out = []
+    for i in range(n):
+        dx, dy = [float(v) for v in (torch.rand(2, generator=g) * 2 - 1) * shift]
+        th = torch.tensor([[1, 0, -dx * 2 / w], [0, 1, -dy * 2 / h]], dtype=torch.float32)[None]
+        grid = F.affine_grid(th, (1, 3, h, w), align_corners=False)
+        y = F.grid_sample(x[i].permute(2, 0, 1)[None], grid, padding_mode="border", align_corners=False)[0]
+        gn = 1 + (torch.rand(3, generator=g) * 2 - 1) * gain
+        bs = (torch.rand(3, generator=g) * 2 - 1) * bias
+        out.append((y.permute(1, 2, 0) * gn + bs).clamp(0, 1))
+    return torch.stack(out)

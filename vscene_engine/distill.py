@@ -69,6 +69,7 @@ import torch
 from safetensors.torch import save_file
 
 from .atomic import atomic_write
+from . import leap
 from .leap import alphas_cumprod, rotary_embedding
 from .videomodel import VideoModel
 
@@ -216,30 +217,6 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float = 1e-3) -> torch.Ten
     """Per-sample pseudo-Huber distance sqrt(||a - b||^2 / numel + c^2) - c: a, b [B, ...] -> [B] (float32)."""
     d2 = (a.float() - b.float()).pow(2).flatten(1).mean(1)
     return torch.sqrt(d2 + float(c) ** 2) - float(c)
-
-
-def _sqrt_acp(acp: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (sqrt(a_t), sqrt(1 - a_t)) computed in ``like``'s dtype, as ``leap._coefs`` (diffusers)."""
-    a = acp.to(device=like.device, dtype=like.dtype)[t.to(like.device)]
-    return _bview(a ** 0.5, like), _bview((1 - a) ** 0.5, like)
-
-
-def _add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
-    """Batched ``leap.add_noise`` with one timestep per sample: x0, eps [B, ...], t [B]."""
-    sa, sb = _sqrt_acp(acp, t, x0)
-    return sa * x0 + sb * eps
-
-
-def _x0_from_output(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, acp: torch.Tensor,
-                    prediction: str) -> torch.Tensor:
-    """Batched ``leap.x0_from_output`` with one timestep per sample."""
-    if prediction == "v_prediction":
-        sa, sb = _sqrt_acp(acp, t, out)
-        return sa * x_t - sb * out
-    if prediction == "epsilon":
-        sa, sb = _sqrt_acp(acp, t, x_t)
-        return (x_t - sb * out) / sa
-    raise ValueError(f"unsupported prediction_type {prediction!r} (v_prediction or epsilon)")
 
 
 def ddim_step(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
@@ -773,7 +750,7 @@ def _forward_x0(module, x_t: torch.Tensor, image_lat: torch.Tensor, t: torch.Ten
     if cfg_on:
         u, c = out.chunk(2)
         out = u + float(cfg_scale) * (c - u)
-    return _x0_from_output(out, x_t.to(out.dtype), t, acp, prediction)
+    return leap.x0_from_output(out, x_t.to(out.dtype), t, acp, prediction)
 
 
 @dataclass
@@ -850,7 +827,7 @@ def _train_step(ctx: _Ctx, step: int) -> float:
     local, global_ = [], []
     for m in range(cfg.grad_accum):
         x0, img, eps, t_next = _micro_batch(ctx, step, m)
-        x_next = _add_noise(x0, eps, t_next, ctx.acp)
+        x_next = leap.add_noise(x0, eps, t_next, ctx.acp)
         target = _targets(ctx, x_next, img, t_next)
         sync = ctx.world == 1 or m == cfg.grad_accum - 1
         with (contextlib.nullcontext() if sync else ctx.student.no_sync()):

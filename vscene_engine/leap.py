@@ -94,20 +94,33 @@ def alphas_cumprod(cfg: dict) -> torch.Tensor:
     return acp
 
 
-def _coefs(acp: torch.Tensor, t: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sqrt(a_t), sqrt(1 - a_t)) computed in ``like``'s dtype (diffusers semantics), as 0-d tensors."""
-    a = acp.to(device=like.device, dtype=like.dtype)[int(t)]
+def _coefs(acp: torch.Tensor, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt(a_t), sqrt(1 - a_t)) computed in ``like``'s dtype (diffusers semantics).
+
+    ``t``: an int (0-d results) or a tensor [B] of per-sample timesteps (results shaped [B, 1, ...] to broadcast
+    against ``like`` [B, ...])."""
+    a = acp.to(device=like.device, dtype=like.dtype)
+    if isinstance(t, torch.Tensor) and t.ndim > 0:
+        a = a[t.to(like.device).long()].reshape(-1, *([1] * (like.ndim - 1)))
+    else:
+        a = a[int(t)]
     return a ** 0.5, (1 - a) ** 0.5
 
 
-def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: int, acp: torch.Tensor) -> torch.Tensor:
-    """q(x_t | x0): sqrt(a_t) x0 + sqrt(1 - a_t) eps."""
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, t, acp: torch.Tensor) -> torch.Tensor:
+    """q(x_t | x0): sqrt(a_t) x0 + sqrt(1 - a_t) eps; ``t`` an int or per-sample timesteps [B] (x0 [B, ...])."""
     sa, sb = _coefs(acp, t, x0)
     return sa * x0 + sb * eps
 
 
-def x0_from_output(out: torch.Tensor, x_t: torch.Tensor, t: int, acp: torch.Tensor, prediction: str) -> torch.Tensor:
-    """x0 from a v- or epsilon-prediction ``out`` at timestep t."""
+def velocity(x0: torch.Tensor, eps: torch.Tensor, t, acp: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target sqrt(a_t) eps - sqrt(1 - a_t) x0 (``t`` an int or per-sample timesteps [B])."""
+    sa, sb = _coefs(acp, t, x0)
+    return sa * eps - sb * x0
+
+
+def x0_from_output(out: torch.Tensor, x_t: torch.Tensor, t, acp: torch.Tensor, prediction: str) -> torch.Tensor:
+    """x0 from a v- or epsilon-prediction ``out`` at timestep t (an int or per-sample timesteps [B])."""
     if prediction == "v_prediction":
         sa, sb = _coefs(acp, t, out)
         return sa * x_t - sb * out

@@ -164,11 +164,8 @@ def make_samples(n: int, cfg: ReplicateConfig, seed0: int, progress: Callable | 
 
 
 def latents_of(model: VideoModel, video: torch.Tensor) -> torch.Tensor:
-    """video [F, H, W, 3] 0..1 -> latents [1, T, C, h, w] (scaled), via the model's VAE (deterministic here)."""
-    x = (video.permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1).to(model.dtype)
-    with torch.no_grad():
-        z = model.vae.encode(x).latent_dist.mean * model.scaling_factor
-    return z.permute(0, 2, 1, 3, 4).contiguous()
+    """video [F, H, W, 3] 0..1 -> latents [1, T, C, h, w] (scaled; the sampler's layout) via ``leap.video_latents``."""
+    return leap.video_latents(model, video).permute(0, 2, 1, 3, 4).contiguous()
 
 
 def condition_of(model: VideoModel, sample: dict, gen: torch.Generator) -> torch.Tensor:
@@ -190,7 +187,7 @@ def train_teacher(model: VideoModel, samples: list[dict], steps: int, lr: float,
     tr = model.transformer
     tr.train().requires_grad_(True)
     g = torch.Generator().manual_seed(seed)
-    acp = leap.alphas_cumprod(model.scheduler_config).float()
+    acp = leap.alphas_cumprod(model.scheduler_config)
     x0_all = torch.cat([latents_of(model, s["gt"]) for s in samples])  # [N,T,C,h,w]
     T, h, w = x0_all.shape[1], x0_all.shape[3], x0_all.shape[4]
     rope = leap.rotary_embedding(model, T, h, w, "cpu")
@@ -203,9 +200,8 @@ def train_teacher(model: VideoModel, samples: list[dict], steps: int, lr: float,
         cond = torch.cat([condition_of(model, samples[i], g) for i in idx])
         t = torch.randint(0, 1000, (batch,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
-        a = acp[t].view(-1, 1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        v = a.sqrt() * eps - (1 - a).sqrt() * x0
+        x_t = leap.add_noise(x0, eps, t, acp)
+        v = leap.velocity(x0, eps, t, acp)
         out = tr(hidden_states=torch.cat([x_t, cond], 2), encoder_hidden_states=emb.expand(batch, -1, -1),
                  timestep=t, image_rotary_emb=rope, return_dict=False)[0]
         loss = F.mse_loss(out, v)
