@@ -21,7 +21,8 @@ class ScoreComposeMultiView:
                    "multi-view model (along the views of each frame) into one V x F image matrix, x0 = (1-s) row + "
                    "s column, s(i) on a schedule (the released code: constant 0.6, or a logistic that DECREASES the "
                    "multi-view weight over the steps). Both models must share latent format and sigmas (SVD + "
-                   "SV3D).")
+                   "SV3D). Per-view video conditioning: a batch of V; per-frame multi-view conditioning: a batch "
+                   "of F. Optional VideoMV 3D-aware denoising with vae + trajectory.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -54,18 +55,44 @@ class ScoreComposeMultiView:
             "optional": {
                 "video_negative": ("CONDITIONING", {"tooltip": "Negative conditioning of the video model."}),
                 "multiview_negative": ("CONDITIONING", {"tooltip": "Negative conditioning of the multi-view model."}),
+                "vae": ("VAE", {"tooltip": "3D-aware denoising (VideoMV): the VAE of the models' latent format, to "
+                                           "decode x0 and re-encode the renders."}),
+                "trajectory": ("VSCENE_TRAJECTORY", {"tooltip": "3D-aware denoising: cameras of the V views (Orbit "
+                                                                "Trajectory with the same views)."}),
+                "aware3d_every": ("INT", {"default": 0, "min": 0, "max": 1000,
+                                          "tooltip": "3D-aware denoising every N steps from aware3d_start (VideoMV: "
+                                                     "10 of 50); 0 = off. Needs vae and trajectory."}),
+                "aware3d_start": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01,
+                                            "tooltip": "First 3D-aware step as a fraction of the steps."}),
+                "aware3d_iters": ("INT", {"default": 100, "min": 1, "max": 5000,
+                                          "tooltip": "Gaussian-fit iterations per 3D-aware step (warm-started)."}),
+                "aware3d_groups": (["per_frame", "all"], {
+                    "default": "per_frame", "tooltip": "per_frame: one scene per frame from its V views (moving "
+                                                       "scene); all: one static scene from every image."}),
             },
         }
 
     def get_guider(self, video_model, video_positive, multiview_model, multiview_positive, views, frames, schedule,
-                   s0, s1, k, video_cfg, multiview_cfg, video_negative=None, multiview_negative=None):
+                   s0, s1, k, video_cfg, multiview_cfg, video_negative=None, multiview_negative=None, vae=None,
+                   trajectory=None, aware3d_every=0, aware3d_start=0.4, aware3d_iters=100,
+                   aware3d_groups="per_frame"):
         sched = {"kind": schedule, "s0": float(s0), "k": float(k)}
         if schedule == "linear":
             sched["s1"] = float(s1)
+        aware3d = None
+        if int(aware3d_every) > 0:
+            from vscene_engine.aware3d import Aware3DConfig
+
+            if vae is None or trajectory is None:
+                raise ValueError("aware3d_every > 0 turns on 3D-aware denoising, which needs the vae and the "
+                                 "trajectory inputs connected (or set aware3d_every to 0)")
+            aware3d = {"vae": vae, "cameras": trajectory, "groups": aware3d_groups,
+                       "cfg": Aware3DConfig(every=int(aware3d_every), start=float(aware3d_start),
+                                            iters=int(aware3d_iters)).validate()}
         g = host.make_compose_guider(video_model, multiview_model, views, frames,
                                      {"positive": video_positive, "negative": video_negative},
                                      {"positive": multiview_positive, "negative": multiview_negative},
-                                     float(video_cfg), float(multiview_cfg), sched)
+                                     float(video_cfg), float(multiview_cfg), sched, aware3d=aware3d)
         return (g,)
 
 

@@ -854,13 +854,25 @@ def describe() -> dict:
 
 # =========================================================================================== Diffusion² guider
 def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds: dict, col_conds: dict,
-                        row_cfg: float, col_cfg: float, schedule: dict):
+                        row_cfg: float, col_cfg: float, schedule: dict, aware3d: dict | None = None):
     """A core GUIDER (``comfy.samplers.CFGGuider`` subclass) composing a video MODEL (rows: each view's F frames) and
     a multi-view MODEL (columns: each frame's V views) with Diffusion²'s per-step combination of their x0 estimates
     (``vscene_engine.compose.compose_x0``). The sampled latent is a batch of V*F images, view-major
     (index v*F + f). ``row_conds`` / ``col_conds``: {"positive": CONDITIONING, "negative": CONDITIONING or None}.
     ``schedule``: kwargs of ``compose.schedule_values`` plus "kind" (and optional "view_weights",
     "row_only_from"). Both models must share the latent format and the noise parametrisation (e.g. SVD + SV3D).
+
+    Per-view / per-frame conditioning: a video conditioning whose tensors have batch V (e.g. SVD_img2vid_Conditioning
+    of a batch of V images, one start image per view) conditions row v with entry v; a multi-view conditioning with
+    batch F (e.g. SV3D_Conditioning of F images, one per frame) conditions column f with entry f; batch 1 is shared
+    by all rows / columns; any other batch is refused with a clear message.
+
+    ``aware3d`` (optional, VideoMV 3D-aware denoising): {"vae": the core VAE of the latent format, "cameras":
+    ``Cameras`` of the V views, "cfg": ``aware3d.Aware3DConfig``, "groups": ``aware3d.grid_groups`` mode ("per_frame":
+    one scene per frame, "all": one static scene)}. On the steps the config selects, the composed x0 grid is decoded
+    with the VAE, Gaussians are fitted to each group at the grid's cameras (item v*F+f: camera of view v), rendered,
+    re-encoded and used as x0 (once per noise level: a second-order sampler's extra evaluation at the same sigma is
+    left alone).
     Needs ComfyUI (core samplers drive it); raises RuntimeError without the host.
     """
     if not HOST_AVAILABLE:
@@ -882,6 +894,9 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
             self.col_patcher = col_patcher
             self.col_inner = None
             self.sigmas_seen = None
+            self.hook = None
+            self._hook_done = set()
+            self._row_items = self._col_items = None
 
         def outer_sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                          disable_pbar=False, seed=None, latent_shapes=None):
@@ -899,6 +914,7 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
                                                                       self.col_patcher.model_options)
             self._col_raw = cc
             self.col_patcher.pre_run()
+            self.hook, self._hook_done = (_grid_hook(aware3d, V, F, self) if aware3d else None), set()
             try:
                 return super().outer_sample(noise, latent_image, sampler, sigmas, denoise_mask, callback,
                                             disable_pbar, seed, latent_shapes=latent_shapes)
@@ -922,13 +938,23 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
             li = latent_image
             if li is not None and torch.count_nonzero(li) > 0:
                 li = self.inner_model.process_latent_in(li)
-            self.conds = cs.process_conds(self.inner_model, noise[:F], self.conds, device, part(li, F),
-                                          part(denoise_mask, F), seed, latent_shapes=latent_shapes)
+            rows = _split_conds(self.conds, V, "video", "views", F)
+            if rows is None:
+                self.conds = cs.process_conds(self.inner_model, noise[:F], self.conds, device, part(li, F),
+                                              part(denoise_mask, F), seed, latent_shapes=latent_shapes)
+            self._row_items = None if rows is None else [
+                cs.process_conds(self.inner_model, noise[:F], c, device, part(li, F), part(denoise_mask, F), seed,
+                                 latent_shapes=latent_shapes) for c in rows]
             lc = latent_image
             if lc is not None and torch.count_nonzero(lc) > 0:
                 lc = self.col_inner.process_latent_in(lc)
-            self._col_conds = cs.process_conds(self.col_inner, noise[:V], self._col_raw, device, part(lc, V),
-                                               part(denoise_mask, V), seed, latent_shapes=latent_shapes)
+            cols = _split_conds(self._col_raw, F, "multi-view", "frames", V)
+            if cols is None:
+                self._col_conds = cs.process_conds(self.col_inner, noise[:V], self._col_raw, device, part(lc, V),
+                                                   part(denoise_mask, V), seed, latent_shapes=latent_shapes)
+            self._col_items = None if cols is None else [
+                cs.process_conds(self.col_inner, noise[:V], c, device, part(lc, V), part(denoise_mask, V), seed,
+                                 latent_shapes=latent_shapes) for c in cols]
             extra = mp.create_model_options_clone(self.model_options)
             extra.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
             extra_args = {"model_options": extra, "seed": seed}
@@ -954,21 +980,85 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
             opts_col = {k: v for k, v in model_options.items() if k != "multigpu_clones"}
 
             def row_fn(xr, level, cond):
-                return torch.stack([self._pred(self.inner_model, self.conds, row_cfg, xr[b], sigma.expand(F),
-                                               model_options) for b in range(xr.shape[0])])
+                # cond: the per-view processed conditions of these rows (or None: all rows share self.conds)
+                return torch.stack([self._pred(self.inner_model, self.conds if cond is None else cond[b], row_cfg,
+                                               xr[b], sigma.expand(F), model_options) for b in range(xr.shape[0])])
 
             def col_fn(xc, level, cond):
-                return torch.stack([self._pred(self.col_inner, self._col_conds, col_cfg, xc[b], sigma.expand(V),
-                                               opts_col) for b in range(xc.shape[0])])
+                return torch.stack([self._pred(self.col_inner, self._col_conds if cond is None else cond[b],
+                                               col_cfg, xc[b], sigma.expand(V), opts_col)
+                                    for b in range(xc.shape[0])])
 
             x0 = compose_x0(grid, float(sigma), row_fn, col_fn, row_weight=self.weights[min(i, len(self.weights) - 1)],
-                            distributed=False)
-            return x0.reshape(x.shape)
+                            row_cond=self._row_items, col_cond=self._col_items, distributed=False)
+            x0 = x0.reshape(x.shape)
+            n = max(1, len(self.sigmas_seen) - 1) if self.sigmas_seen is not None else 1
+            if self.hook is not None and i not in self._hook_done and self.hook.selects(i, n):
+                self._hook_done.add(i)
+                x0 = self.hook(i, n, float(sigma), x0)
+                h = self.hook.history[-1]
+                log.info("VideoScene 3D-aware step %d/%d (sigma %.4g): fit PSNR %.2f dB, x0 change (RMS) %.4g, %.1f s",
+                         i, n, float(sigma), h["fit_psnr"], h["change"], h["seconds"])
+            return x0
 
     g = Guider_ScoreCompose(row_model, col_model)
     g.inner_set_conds({k: v for k, v in row_conds.items() if v is not None})
     g.col_conds_raw = {k: sh.convert_cond(v) for k, v in col_conds.items() if v is not None}
     return g
+
+
+def _split_conds(conds: dict, n: int, label: str, per: str, other: int) -> list | None:
+    """Per-item copies of raw (converted) conditions: ``None`` when every tensor in them has batch 1 (shared), else a
+    list of n condition dicts, item i holding entry i of each batch-n tensor (batch-1 tensors are shared)."""
+    sizes = set()
+    for lst in conds.values():
+        for c in lst or []:
+            for k, v in c.items():
+                if isinstance(v, torch.Tensor) and v.ndim > 0 and k != "model_conds":
+                    sizes.add(int(v.shape[0]))
+    sizes.discard(1)
+    if not sizes:
+        return None
+    if sizes != {n}:
+        hint = (f"; batch {other} would be one per {'frame' if per == 'views' else 'view'}, which is the other "
+                "model's conditioning" if other in sizes else "")
+        raise ValueError(f"the {label} conditioning has batch {sorted(sizes)}: give batch 1 (shared by all) or {n} "
+                         f"(one per {per[:-1]}: the grid has {n} {per}){hint}")
+
+    def one(c, i):
+        out = dict(c)
+        for k, v in c.items():
+            if isinstance(v, torch.Tensor) and v.ndim > 0 and k != "model_conds" and v.shape[0] == n:
+                out[k] = v[i:i + 1]
+        return out
+
+    return [{k: [one(c, i) for c in (lst or [])] for k, lst in conds.items()} for i in range(n)]
+
+
+def _grid_hook(aware3d: dict, V: int, F: int, guider):
+    """The VideoMV 3D-aware x0 hook of a composed V x F grid, decoding / encoding with a core VAE."""
+    from vscene_engine.aware3d import Aware3DConfig, grid_groups, make_3d_aware_hook
+
+    vae, cams = aware3d.get("vae"), aware3d.get("cameras")
+    if vae is None or cams is None:
+        raise ValueError("3D-aware denoising needs the VAE (connect the models' VAE) and the cameras of the V views "
+                         "(connect Orbit Trajectory)")
+    if len(cams) != V:
+        raise ValueError(f"3D-aware denoising: the trajectory has {len(cams)} cameras but the grid has {V} views; "
+                         f"make Orbit Trajectory's views {V}")
+    grid_cams = cams[torch.arange(V).repeat_interleave(F)]
+
+    def decode(z):
+        img = vae.decode(guider.inner_model.process_latent_out(z.to(torch.float32)))
+        return img.reshape(-1, *img.shape[-3:])[..., :3]
+
+    def encode(frames):
+        return guider.inner_model.process_latent_in(vae.encode(frames[..., :3]))
+
+    # no progress bar of its own: the sampler's bar is the node's bar; interrupts are checked every fit iteration
+    return make_3d_aware_hook(decode, encode, grid_cams, aware3d.get("cfg") or Aware3DConfig(),
+                              groups=grid_groups(V, F, aware3d.get("groups", "per_frame")),
+                              interrupt=check_interrupt)
 
 
 def _check_compatible(row_model, col_model) -> None:
