@@ -11,6 +11,7 @@ train-ddpnet train DDPNet (the timestep policy) as a contextual bandit against a
 replicate    miniature replication of the paper's tables on synthetic scenes (CPU, <= 60 min; --smoke for CI).
 tiny-model   write a tiny random CogVideoX I2V model in the real folder layout (tests, demos, CPU workflows).
 demo         the whole path on a scene the engine makes itself (no downloads, no data): see :mod:`vscene_engine.demo`.
+convert-mvsplat  MVSplat/Lightning .ckpt -> .safetensors, read without running pickled code (:mod:`.safe_ckpt`).
 
 Errors in the user's input print one clear line (``error: ...``) and exit with code 2; nothing partial is written.
 """
@@ -377,10 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--seed", type=int, default=0)
     tm.set_defaults(func=cmd_tiny_model)
 
-    from . import demo, replicate
+    from . import demo, replicate, safe_ckpt
 
     demo.add_parser(sub)
     replicate.add_parser(sub)
+    safe_ckpt.add_parser(sub)
     return p
 
 

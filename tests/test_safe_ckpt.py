@@ -1,0 +1,389 @@
+"""vscene_engine.safe_ckpt: checkpoints read without executing pickled code, refusal of malicious pickles, errors,
+conversion to safetensors and the convert-mvsplat command."""
+import builtins
+import collections
+import dataclasses
+import enum
+import os
+import pathlib
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from vscene_engine.cli import main
+from vscene_engine.safe_ckpt import (CheckpointError, StubGlobal, StubObject, UnsafeCheckpointError,
+                                     convert_to_safetensors, load_checkpoint, read_state_dict)
+
+
+class Color(enum.Enum):
+    RED = 1
+    GREEN = 2
+
+
+@dataclasses.dataclass
+class TrainCfg:
+    lr: float = 1e-4
+    name: str = "re10k"
+    sub: dict = dataclasses.field(default_factory=lambda: {"depth": 128})
+
+    created = 0  # class attributes (not fields): count every construction / state restore
+    restored = 0
+
+    def __post_init__(self):
+        TrainCfg.created += 1
+
+    def __setstate__(self, state):
+        TrainCfg.restored += 1
+        self.__dict__.update(state)
+
+
+def _state_dict():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 6, generator=g)
+    sd = collections.OrderedDict()
+    sd["encoder.backbone.weight"] = base
+    sd["encoder.backbone.view_t"] = base[:, 1:4].t()  # non-contiguous view sharing base's storage
+    sd["encoder.backbone.row"] = base[2]  # contiguous view at an offset
+    sd["encoder.head.half"] = torch.randn(5, generator=g).half()
+    sd["encoder.head.bf16"] = torch.randn(3, 2, generator=g).bfloat16()
+    sd["encoder.head.index"] = torch.arange(-3, 7, dtype=torch.int64)
+    sd["encoder.head.flag"] = torch.tensor([True, False, True])
+    sd["encoder.head.param"] = torch.nn.Parameter(torch.randn(2, 2, generator=g))
+    sd["encoder.head.empty"] = torch.empty(0, 3)
+    sd["decoder.bg"] = torch.ones(3)
+    sd._metadata = collections.OrderedDict({"": {"version": 1}})
+    return sd
+
+
+def _lightning_ckpt(path, sd=None):
+    sd = _state_dict() if sd is None else sd
+    obj = {
+        "epoch": 7, "global_step": 300000, "pytorch-lightning_version": "2.0.9", "state_dict": sd,
+        "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 8}}, "state_dict": {}}},
+        "callbacks": {"ModelCheckpoint{}": {"best_model_path": pathlib.Path("/ckpt/best.ckpt"),
+                                            "best_model_score": torch.tensor(0.25)}},
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
+                              "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}],
+        "lr_schedulers": [{"last_epoch": 5, "base_lrs": [1e-4]}],
+        "hparams_name": "cfg",
+        "hyper_parameters": {"cfg": TrainCfg(), "mode": Color.GREEN, "np_scalar": np.float32(2.5),
+                             "np_int": np.int64(-4), "np_array": np.arange(12, dtype=np.float64).reshape(3, 4),
+                             "nested": {"list": [1, "two", (3.0, None)], "set": {1, 2}, "bytes": b"\x00\xff"}},
+    }
+    torch.save(obj, path)
+    return obj
+
+
+def _assert_bit_equal(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+# ------------------------------------------------------------------------------------------------ round trips
+def test_lightning_checkpoint_loads_tensors_bit_exact_and_objects_as_inert_stubs(tmp_path):
+    src = tmp_path / "re10k.ckpt"
+    orig = _lightning_ckpt(src)
+    created, restored = TrainCfg.created, TrainCfg.restored
+    obj = load_checkpoint(src)
+    assert (TrainCfg.created, TrainCfg.restored) == (created, restored)  # the class was never used
+
+    sd = obj["state_dict"]
+    assert isinstance(sd, collections.OrderedDict) and list(sd) == list(orig["state_dict"])
+    for k, v in orig["state_dict"].items():
+        _assert_bit_equal(sd[k], v.detach())
+    assert isinstance(sd["encoder.head.param"], torch.nn.Parameter)
+    assert sd["encoder.backbone.view_t"].stride() == (1, 6)  # the view is still a view ...
+    assert sd["encoder.backbone.view_t"].untyped_storage().data_ptr() == \
+        sd["encoder.backbone.weight"].untyped_storage().data_ptr()  # ... of the same storage
+    assert sd["encoder.backbone.row"].storage_offset() == 12
+    assert sd._metadata == {"": {"version": 1}}
+
+    assert obj["epoch"] == 7 and obj["global_step"] == 300000 and obj["pytorch-lightning_version"] == "2.0.9"
+    hp = obj["hyper_parameters"]
+    cfg = hp["cfg"]
+    assert isinstance(cfg, StubObject) and not isinstance(cfg, TrainCfg)
+    assert cfg.module == __name__ and cfg.name == "TrainCfg"
+    assert cfg.state == {"lr": 1e-4, "name": "re10k", "sub": {"depth": 128}}
+    assert isinstance(hp["mode"], StubObject) and hp["mode"].name == "Color" and hp["mode"].args == (2,)
+    path_stub = obj["callbacks"]["ModelCheckpoint{}"]["best_model_path"]
+    assert isinstance(path_stub, StubObject) and path_stub.module.startswith("pathlib")
+    assert pathlib.PurePosixPath(*path_stub.args) == pathlib.PurePosixPath("/ckpt/best.ckpt")
+    assert torch.equal(obj["callbacks"]["ModelCheckpoint{}"]["best_model_score"], torch.tensor(0.25))
+    assert type(hp["np_scalar"]) is np.float32 and hp["np_scalar"] == np.float32(2.5)
+    assert type(hp["np_int"]) is np.int64 and hp["np_int"] == -4
+    assert isinstance(hp["np_array"], np.ndarray) and hp["np_array"].dtype == np.float64
+    np.testing.assert_array_equal(hp["np_array"], np.arange(12.0).reshape(3, 4))
+    assert hp["nested"] == {"list": [1, "two", (3.0, None)], "set": {1, 2}, "bytes": b"\x00\xff"}
+    assert obj["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert torch.equal(obj["optimizer_states"][0]["state"][0]["step"], torch.tensor(3.0))
+
+
+def test_the_stub_check_would_catch_a_real_unpickle(tmp_path):
+    # control for the counters above: torch.load(weights_only=False) does use the class
+    src = tmp_path / "c.ckpt"
+    _lightning_ckpt(src)
+    restored = TrainCfg.restored
+    obj = torch.load(src, weights_only=False)
+    assert isinstance(obj["hyper_parameters"]["cfg"], TrainCfg) and TrainCfg.restored == restored + 1
+
+
+def test_convert_to_safetensors_round_trips_bit_exact_with_prefix(tmp_path):
+    src, out = tmp_path / "re10k.ckpt", tmp_path / "out" / "re10k.safetensors"
+    orig = _lightning_ckpt(src)["state_dict"]
+    rep = convert_to_safetensors(src, out)
+    enc = {k: v for k, v in orig.items() if k.startswith("encoder.")}
+    assert rep["n_tensors"] == len(enc) == 9 and rep["skipped_by_prefix"] == 1 and rep["dropped_non_tensor"] == 0
+    assert rep["n_params"] == sum(v.numel() for v in enc.values()) and rep["out"] == str(out)
+    assert rep["global_step"] == 300000 and rep["epoch"] == 7
+    loaded = load_file(str(out))
+    assert set(loaded) == set(enc)
+    for k, v in enc.items():
+        _assert_bit_equal(loaded[k], v.detach())
+    with safe_open(str(out), "pt") as f:
+        md = f.metadata()
+    assert md["source"] == "re10k.ckpt" and md["format"] == "mvsplat" and md["n_tensors"] == "9"
+    assert md["global_step"] == "300000" and md["epoch"] == "7" and md["prefix"] == "encoder."
+    assert [p.name for p in out.parent.iterdir()] == ["re10k.safetensors"]  # no temporary left behind
+
+    # read back through read_state_dict (safetensors branch) with a narrower prefix
+    head = read_state_dict(out, prefix="encoder.head.")
+    assert sorted(head) == sorted(k for k in enc if k.startswith("encoder.head."))
+    _assert_bit_equal(head["encoder.head.bf16"], orig["encoder.head.bf16"])
+
+    # all keys + extra metadata
+    out_all = tmp_path / "all.safetensors"
+    rep = convert_to_safetensors(src, out_all, prefix=None, metadata={"note": "x", "n": 3})
+    assert rep["n_tensors"] == 10 and rep["skipped_by_prefix"] == 0
+    with safe_open(str(out_all), "pt") as f:
+        assert f.metadata()["note"] == "x" and f.metadata()["n"] == "3" and f.metadata()["prefix"] == ""
+    _assert_bit_equal(load_file(str(out_all))["decoder.bg"], orig["decoder.bg"])
+
+
+def test_read_state_dict_containers_and_prefix(tmp_path):
+    sd = _state_dict()
+    p_model = tmp_path / "model.pth"
+    torch.save({"model": sd, "iteration": 5, "note": "x"}, p_model)
+    got = read_state_dict(p_model)
+    assert list(got) == list(sd) and all(type(v) is torch.Tensor for v in got.values())  # parameters unwrapped
+    _assert_bit_equal(got["encoder.head.param"], sd["encoder.head.param"].detach())
+    p_plain = tmp_path / "pytorch_model.bin"
+    torch.save({**sd, "not_a_tensor": 3}, p_plain)
+    got = read_state_dict(p_plain, prefix="decoder.")
+    assert list(got) == ["decoder.bg"] and torch.equal(got["decoder.bg"], torch.ones(3))
+    with pytest.raises(CheckpointError, match="no tensors with prefix 'nope.'"):
+        read_state_dict(p_plain, prefix="nope.")
+
+
+def test_legacy_and_plain_pickle_formats(tmp_path):
+    sd = _state_dict()
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"state_dict": sd}, legacy, _use_new_zipfile_serialization=False)
+    got = read_state_dict(legacy)
+    assert list(got) == list(sd)
+    for k, v in sd.items():
+        _assert_bit_equal(got[k], v.detach())
+    plain = tmp_path / "plain.pkl"  # tensors pickled by plain pickle (storages as torch.storage._load_from_bytes)
+    plain.write_bytes(pickle.dumps({"w": sd["encoder.backbone.weight"], "h": sd["encoder.head.half"]}, protocol=2))
+    obj = load_checkpoint(plain)
+    _assert_bit_equal(obj["w"], sd["encoder.backbone.weight"])
+    _assert_bit_equal(obj["h"], sd["encoder.head.half"])
+
+
+# ------------------------------------------------------------------------------------------------ malicious files
+class _Evil:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def _payloads(tmp_path):
+    return {
+        "system": (_Evil(os.system, (f"touch {tmp_path / 'pwned'}",)), tmp_path / "pwned", "system"),
+        "open": (_Evil(builtins.open, (str(tmp_path / "pwned2"), "w")), tmp_path / "pwned2", "open"),
+        "eval": (_Evil(builtins.eval, (f"open({str(tmp_path / 'pwned3')!r}, 'w')",)), tmp_path / "pwned3", "eval"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["system", "open", "eval"])
+def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path, kind):
+    evil, marker, name = _payloads(tmp_path)[kind]
+    src = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"encoder.w": torch.ones(2)}, "hyper_parameters": {"x": evil}}, src)
+    with pytest.raises(UnsafeCheckpointError, match=name) as ei:
+        load_checkpoint(src)
+    assert "not a plain checkpoint" in str(ei.value) and "untrusted" in str(ei.value)
+    with pytest.raises(UnsafeCheckpointError):
+        read_state_dict(src)
+    out = tmp_path / "evil.safetensors"
+    with pytest.raises(UnsafeCheckpointError):
+        convert_to_safetensors(src, out)
+    assert not marker.exists() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.ckpt"]
+
+
+def test_malicious_payload_nested_in_state_dict_and_raw_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _Evil(os.system, (f"touch {marker}",))
+    nested = tmp_path / "nested.ckpt"
+    torch.save({"state_dict": collections.OrderedDict([("encoder.w", torch.ones(2)), ("encoder.meta", [evil])])},
+               nested)
+    raw = tmp_path / "raw.ckpt"
+    raw.write_bytes(pickle.dumps({"state_dict": {"w": evil}}, protocol=2))
+    raw4 = tmp_path / "raw4.pt"
+    raw4.write_bytes(pickle.dumps([evil], protocol=4))  # STACK_GLOBAL + framing
+    for f in (nested, raw, raw4):
+        with pytest.raises(UnsafeCheckpointError, match="system"):
+            load_checkpoint(f)
+        assert main(["convert-mvsplat", str(f), "--out", str(tmp_path / "o.safetensors")]) == 2
+    assert not marker.exists() and not (tmp_path / "o.safetensors").exists()
+    # control: the payload is live under an unrestricted unpickler
+    control = tmp_path / "control"
+    torch.load(_save(tmp_path / "ctl.ckpt", _Evil(os.system, (f"touch {control}",))), weights_only=False)
+    assert control.exists()
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("module,name", [
+    ("os", "system"), ("posix", "system"), ("nt", "system"), ("builtins", "exec"), ("builtins", "getattr"),
+    ("builtins", "__import__"), ("builtins", "compile"), ("__builtin__", "eval"), ("subprocess", "Popen"),
+    ("shutil", "rmtree"), ("sys", "exit"), ("io", "open"), ("importlib", "import_module"), ("runpy", "run_path"),
+    ("pickle", "loads"), ("codecs", "open"), ("socket", "socket"), ("webbrowser", "open"),
+    ("functools", "partial"), ("operator", "attrgetter"), ("operator", "methodcaller"), ("torch", "load"),
+    ("numpy", "load"), ("torch.hub", "load"),
+])
+def test_denylisted_globals_are_refused(tmp_path, module, name):
+    # PROTO 2, GLOBAL module name, 'x', TUPLE1, REDUCE, STOP
+    data = b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\nX\x01\x00\x00\x00x\x85R."
+    f = tmp_path / "g.pkl"
+    f.write_bytes(data)
+    shown = "builtins" if module == "__builtin__" else module  # python 2 names are mapped first
+    with pytest.raises(UnsafeCheckpointError, match=rf"references {shown}\.{name}, "):
+        load_checkpoint(f)
+
+
+def test_unknown_globals_are_inert_stubs_even_when_called(tmp_path):
+    f = tmp_path / "s.pkl"
+    # somepkg.run_me('x') and a reference to somepkg.Klass as data
+    f.write_bytes(b"\x80\x02(csomepkg\nrun_me\nX\x01\x00\x00\x00x\x85Rcsomepkg\nKlass\nl.")
+    obj = load_checkpoint(f)
+    assert isinstance(obj[0], StubObject) and obj[0].qualname == "somepkg.run_me" and obj[0].args == ("x",)
+    assert isinstance(obj[1], StubGlobal) and obj[1].qualname == "somepkg.Klass"
+
+
+def test_malformed_pickles_are_rejected_without_calling(tmp_path):
+    f = tmp_path / "m.pkl"
+    f.write_bytes(b"\x80\x02X\x01\x00\x00\x00x)R.")  # REDUCE of a string
+    with pytest.raises(CheckpointError, match="cannot call a str"):
+        load_checkpoint(f)
+    sparse = tmp_path / "sparse.pt"
+    torch.save({"w": torch.eye(3).to_sparse()}, sparse)
+    with pytest.raises(CheckpointError, match="only dense tensors"):
+        load_checkpoint(sparse)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_truncated_missing_text_and_tensorless_files(tmp_path):
+    src = tmp_path / "re10k.ckpt"
+    _lightning_ckpt(src)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="download is probably incomplete"):
+        load_checkpoint(cut)
+    out = tmp_path / "cut.safetensors"
+    with pytest.raises(CheckpointError, match="incomplete"):
+        convert_to_safetensors(cut, out)
+    assert not out.exists()
+
+    # a damaged storage record (CRC mismatch) inside an intact zip
+    bad = tmp_path / "bad.ckpt"
+    with zipfile.ZipFile(src) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("/data/0"))
+        off = zf.getinfo(name).header_offset
+    raw = bytearray(data)
+    hdr = 30 + int.from_bytes(raw[off + 26:off + 28], "little") + int.from_bytes(raw[off + 28:off + 30], "little")
+    raw[off + hdr] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_checkpoint(bad)
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.randn(100)}, legacy, _use_new_zipfile_serialization=False)
+    lcut = tmp_path / "legacy_cut.pt"
+    lcut.write_bytes(legacy.read_bytes()[:-50])
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_checkpoint(lcut)
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_state_dict(tmp_path / "missing.ckpt")
+    txt = tmp_path / "notes.ckpt"
+    txt.write_text("this is not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        read_state_dict(txt)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(empty)
+    nt = tmp_path / "nt.ckpt"
+    torch.save({"epoch": 1, "state_dict": {"a": 1, "b": "x"}}, nt)
+    with pytest.raises(CheckpointError, match="no tensors found"):
+        read_state_dict(nt)
+    nt2 = tmp_path / "nt2.ckpt"
+    torch.save([1, 2], nt2)
+    with pytest.raises(CheckpointError, match="no tensors found"):
+        read_state_dict(nt2)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_convert_mvsplat(tmp_path, capsys):
+    src, out = tmp_path / "re10k.ckpt", tmp_path / "re10k.safetensors"
+    orig = _lightning_ckpt(src)["state_dict"]
+    assert main(["convert-mvsplat", str(src), "--out", str(out)]) == 0
+    msg = capsys.readouterr().out
+    assert f"wrote {out}: 9 tensors" in msg and "global step 300000" in msg and "skipped 1 tensors" in msg
+    assert sorted(load_file(str(out))) == sorted(k for k in orig if k.startswith("encoder."))
+
+    out_all = tmp_path / "all.safetensors"
+    assert main(["convert-mvsplat", str(src), "--out", str(out_all), "--all-keys"]) == 0
+    assert "10 tensors" in capsys.readouterr().out and len(load_file(str(out_all))) == 10
+
+    before = src.read_bytes()
+    assert main(["convert-mvsplat", str(src), "--out", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "refusing to overwrite the source" in err
+    assert src.read_bytes() == before
+
+    assert main(["convert-mvsplat", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "m.safetensors").exists()
+    assert main(["convert-mvsplat", str(src), "--out", str(tmp_path / "p.safetensors"), "--prefix", "zzz."]) == 2
+    assert "no tensors with prefix 'zzz.'" in capsys.readouterr().err
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+@pytest.mark.parametrize("protocol", [1, 2, 4, 5])
+def test_other_pickle_protocols(tmp_path, protocol):
+    # protocol 1 builds objects through copyreg._reconstructor, 4/5 use STACK_GLOBAL, NEWOBJ_EX and framing
+    sd = _state_dict()
+    src = tmp_path / "p.ckpt"
+    created, restored = TrainCfg.created, TrainCfg.restored
+    cfg = TrainCfg(lr=0.5)
+    torch.save({"state_dict": sd, "cfg": cfg, "arr": np.arange(4, dtype=np.int16), "mode": Color.RED},
+               src, pickle_protocol=protocol)
+    obj = load_checkpoint(src)
+    assert (TrainCfg.created, TrainCfg.restored) == (created + 1, restored)  # only the construction above
+    for k, v in sd.items():
+        _assert_bit_equal(obj["state_dict"][k], v.detach())
+    assert isinstance(obj["cfg"], StubObject) and obj["cfg"].state["lr"] == 0.5
+    assert obj["arr"].dtype == np.int16 and obj["arr"].tolist() == [0, 1, 2, 3]
+    assert isinstance(obj["mode"], StubObject) and obj["mode"].args == (1,)
