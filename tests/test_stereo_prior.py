@@ -257,7 +257,7 @@ def test_bad_inputs_raise_value_error(truth):
 
 
 def test_prior_methods(truth):
-    with pytest.raises(NotImplementedError, match="method='stereo'"):
+    with pytest.raises(ValueError, match="needs the MVSplat weights.*convert-mvsplat"):
         coarse_prior(truth["rgb"], truth["cams"], method="mvsplat")
     with pytest.raises(ValueError, match="unknown method"):
         coarse_prior(truth["rgb"], truth["cams"], method="nerf")

@@ -24,7 +24,11 @@ holds only the stereo-validated pixels; novel views have holes where they were r
 pixels, costing ~4.5 dB held-out PSNR, see benchmarks/nvs_fern.py; ~1.5 dB on the procedural test scene, whose
 rejected pixels are mostly white sky in front of a white background). The two per-view sets are fused by
 concatenation (:meth:`GaussianScene.cat`), i.e. a surface seen in both photos carries both views' samples.
-``method="mvsplat"`` is reserved for a later release (feed-forward MVSplat) and raises NotImplementedError.
+``method="mvsplat"``: the feed-forward MVSplat encoder (VideoScene's own prior; :mod:`vscene_engine.mvsplat`, weights
+from the user's official ``re10k.ckpt`` or its converted ``.safetensors``) with the official input conventions
+(256 x 256 centre crops, normalized intrinsics kept right through the resize and crop, near 1 / far 100 for
+RealEstate10K; :func:`vscene_engine.mvsplat.prior.mvsplat_prior`). Its depth / confidence / valid maps are at the
+network resolution (``info["size"]``): confidence = the predicted opacity, every pixel valid.
 """
 from __future__ import annotations
 
@@ -81,6 +85,11 @@ def coarse_prior(
     fill_holes: bool = True,
     fill_opacity: float = 0.5,
     stereo_kwargs: Optional[dict] = None,
+    mvsplat=None,
+    mvsplat_size: int = 256,
+    mvsplat_fit: str = "crop",
+    near: float = 1.0,
+    far: float = 100.0,
     progress: Optional[Callable] = None,
     check_interrupt: Optional[Callable] = None,
 ) -> PriorResult:
@@ -89,7 +98,7 @@ def coarse_prior(
     Args:
         images: ``[2,H,W,3]`` float in 0..1.
         cams: :class:`Cameras` with the 2 cameras of the photos (``W x H``), OpenCV c2w.
-        method: ``"stereo"`` (plane-sweep stereo); ``"mvsplat"`` is reserved (raises NotImplementedError).
+        method: ``"stereo"`` (plane-sweep stereo) or ``"mvsplat"`` (feed-forward MVSplat; needs ``mvsplat``).
         opacity: opacity of a fully confident Gaussian (0..1].
         opacity_from_confidence: scale opacities by the stereo confidence (see the module docstring).
         confidence_full: confidence at and above which a Gaussian gets the full ``opacity``.
@@ -101,6 +110,10 @@ def coarse_prior(
         fill_holes: also make Gaussians for the rejected pixels, at a depth filled in from the kept ones (see the
             module docstring), with opacity ``fill_opacity`` (default True; False: drop them).
         stereo_kwargs: extra keyword arguments of :func:`vscene_engine.stereo.stereo_depth`.
+        mvsplat: method "mvsplat": an ``MVSplatEncoder`` or the path of its weights (``.ckpt`` / ``.safetensors``).
+        mvsplat_size, mvsplat_fit: network input size (short side, multiple of 16) and ``"crop"`` (official centre
+            crop) or ``"full"`` (whole photo); near / far: MVSplat's plane-sweep range in world units (RE10K: 1, 100).
+            The stereo-only options (opacity, confidence, scale, fill) do not apply to MVSplat.
         progress: ``progress(done, total)`` forwarded to the stereo step.
         check_interrupt: callable raising to abort; forwarded to the stereo step.
 
@@ -108,16 +121,14 @@ def coarse_prior(
         :class:`PriorResult`.
 
     Raises:
-        NotImplementedError: ``method="mvsplat"``. ValueError: unknown method, bad images/cameras/options (see
-        :func:`~vscene_engine.stereo.stereo_depth`), or no pixel survived the checks.
+        ValueError: unknown method, bad images/cameras/options (see :func:`~vscene_engine.stereo.stereo_depth`),
+        no pixel survived the checks, or method "mvsplat" without weights.
     """
     t0 = time.perf_counter()
-    if method == "mvsplat":
-        raise NotImplementedError(
-            "coarse_prior: method='mvsplat' (feed-forward MVSplat Gaussians) is not available in this version; a "
-            "later release adds MVSplat; use method='stereo'")
     if method not in PRIOR_METHODS:
-        raise ValueError(f"coarse_prior: unknown method {method!r}; use 'stereo' (or 'mvsplat' in a later release)")
+        raise ValueError(f"coarse_prior: unknown method {method!r}; use one of {', '.join(PRIOR_METHODS)}")
+    if method == "mvsplat":
+        return _mvsplat(images, cams, mvsplat, mvsplat_size, mvsplat_fit, near, far, check_interrupt, t0)
     if not 0 < float(opacity) <= 1:
         raise ValueError(f"coarse_prior: opacity must be in (0, 1], got {opacity}")
     if not float(scale_mult) > 0 or not float(thickness) > 0:
@@ -162,6 +173,23 @@ def coarse_prior(
             "time_s": time.perf_counter() - t0}
     dev = images.device
     return PriorResult(scene, st.depth.to(dev), st.confidence.to(dev), keep.to(dev), info)
+
+
+def _mvsplat(images, cams, model, size, fit, near, far, check_interrupt, t0) -> PriorResult:
+    from .mvsplat import MVSplatEncoder, load_mvsplat
+    from .mvsplat.prior import mvsplat_prior
+
+    if model is None:
+        raise ValueError("coarse_prior: method 'mvsplat' needs the MVSplat weights: the official re10k.ckpt "
+                         "(donydchen/mvsplat) or its .safetensors from `python -m vscene_engine convert-mvsplat`; "
+                         "without them use method 'stereo'")
+    if not isinstance(model, MVSplatEncoder):
+        model = load_mvsplat(model, device=images.device)
+    if check_interrupt is not None:
+        check_interrupt()
+    r = mvsplat_prior(model, images, cams, size=size, fit=fit, near=near, far=far)
+    info = dict(r.info, time_s=time.perf_counter() - t0)
+    return PriorResult(r.scene, r.depth, r.opacity, torch.ones_like(r.depth, dtype=torch.bool), info)
 
 
 def _fill_rows(inv: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
