@@ -100,17 +100,20 @@ class CoarseSplatPrior:
                        "Per-frame coverage (accumulated opacity); low = holes the prior cannot fill.",
                        "Cameras of the frames (for SplatReconstruct / the video student).")
     DESCRIPTION = ("VideoScene's coarse 3D prior: plane-sweep stereo between the two views (left-right checked), "
-                   "one Gaussian per pixel, rendered along the camera path between the views (default: 49 frames, "
-                   "cosine easing, as VideoScene).")
+                   "one Gaussian per pixel, or the feed-forward MVSplat encoder (the paper's prior; official "
+                   "checkpoint), rendered along the camera path between the views (default: 49 frames, cosine "
+                   "easing, as VideoScene).")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "views": ("VSCENE_VIEWS", {"tooltip": "From LoadViewPair."}),
-                "method": (["stereo"], {"default": "stereo",
-                                        "tooltip": "stereo: weight-free plane-sweep stereo. (MVSplat comes with a "
-                                                   "later release.)"}),
+                "method": (["stereo", "mvsplat"], {
+                    "default": "stereo",
+                    "tooltip": "stereo: weight-free plane-sweep stereo. mvsplat: VideoScene's feed-forward MVSplat "
+                               "prior (needs mvsplat_weights: the official re10k.ckpt or its .safetensors in "
+                               "models/mvsplat)."}),
                 "frames": ("INT", {"default": 49, "min": 2, "max": 241,
                                    "tooltip": "Frames of the camera path (VideoScene's student needs 49)."}),
                 "path": (["interpolate", "se3", "orbit", "keyframes"], {
@@ -125,10 +128,27 @@ class CoarseSplatPrior:
             },
             "optional": {
                 "via_camera": ("LOAD3D_CAMERA", {"tooltip": "Keyframe between the two views (path = keyframes)."}),
+                "mvsplat_weights": (["none"] + _mvsplat_files(), {
+                    "tooltip": "method mvsplat: MVSplat weights in models/mvsplat (official re10k.ckpt, read "
+                               "without running pickled code, or the .safetensors from `python -m vscene_engine "
+                               "convert-mvsplat`)."}),
+                "mvsplat_size": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 16,
+                                         "tooltip": "method mvsplat: network input size (short side; official: "
+                                                    "256)."}),
+                "mvsplat_fit": (["crop", "full"], {"default": "crop",
+                                                   "tooltip": "method mvsplat: crop = official square centre crop "
+                                                              "(outside it the video shows background); full = "
+                                                              "the whole photo (short side = size)."}),
+                "near": ("FLOAT", {"default": 1.0, "min": 1e-4, "max": 1e6, "step": 0.01,
+                                   "tooltip": "method mvsplat: nearest depth of the plane sweep in pose units "
+                                              "(RealEstate10K model: 1; estimated poses have baseline 1)."}),
+                "far": ("FLOAT", {"default": 100.0, "min": 1e-3, "max": 1e7, "step": 1.0,
+                                  "tooltip": "method mvsplat: farthest depth (RealEstate10K model: 100)."}),
             },
         }
 
-    def run(self, views, method, frames, path, easing, num_depths, background, via_camera=None):
+    def run(self, views, method, frames, path, easing, num_depths, background, via_camera=None,
+            mvsplat_weights="none", mvsplat_size=256, mvsplat_fit="crop", near=1.0, far=100.0):
         from vscene_engine.camera_formats import from_load3d
         from vscene_engine.cameras import Cameras
         from vscene_engine.pipeline import coarse_video, make_path
@@ -143,12 +163,52 @@ class CoarseSplatPrior:
             kf = Cameras(torch.cat([c.c2w[:1], via.c2w.to(c.c2w), c.c2w[1:]]), c.K[:1].expand(3, 3, 3), c.width,
                          c.height, c.near[:1].expand(3), c.far[:1].expand(3))
         traj = make_path(views, frames=frames, kind=path, easing=easing, keyframes=kf)
+        kw = {"stereo_kwargs": {"num_depths": num_depths}}
+        managed = None
+        if method == "mvsplat":
+            if mvsplat_weights in (None, "", "none"):
+                raise ValueError("method mvsplat needs mvsplat_weights: put the official MVSplat re10k.ckpt (or the "
+                                 ".safetensors from `python -m vscene_engine convert-mvsplat re10k.ckpt --out "
+                                 "re10k.safetensors`) in models/mvsplat and pick it; without it use method stereo")
+            managed = _mvsplat_model(host.model_path("mvsplat", mvsplat_weights))
+            kw = {"mvsplat": managed.load_to_gpu(), "mvsplat_size": int(mvsplat_size), "mvsplat_fit": mvsplat_fit,
+                  "near": float(near), "far": float(far)}
         bar = host.progress(len(traj), "coarse prior video")
-        res = coarse_video(views, traj, method=method, background=bg, prior_kwargs={"stereo_kwargs":
-                                                                                    {"num_depths": num_depths}},
-                           progress=_interrupt_and_preview(bar), check_interrupt=host.check_interrupt)
-        bar.close()
+        try:
+            res = coarse_video(views, traj, method=method, background=bg, prior_kwargs=kw,
+                               progress=_interrupt_and_preview(bar), check_interrupt=host.check_interrupt)
+        finally:
+            bar.close()
+            if managed is not None:
+                managed.offload()
         return (host.scene_to_splat(res.scene), res.frames.float().cpu(), res.coverage.float().cpu(), traj)
+
+
+def _mvsplat_files() -> list:
+    try:
+        return [n for n in host.list_models("mvsplat")
+                if n.lower().endswith((".safetensors", ".sft", ".ckpt", ".pt", ".pth"))]
+    except Exception:  # pragma: no cover
+        return []
+
+
+_MVSPLAT_CACHE: dict = {}
+
+
+def _mvsplat_model(path: str):
+    """The MVSplat encoder of a weights file under the host's memory manager (one cached per file version)."""
+    import os
+
+    from vscene_engine.mvsplat import load_mvsplat
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    if key not in _MVSPLAT_CACHE:
+        _MVSPLAT_CACHE.clear()
+        enc = load_mvsplat(path, device="cpu")
+        size = sum(p.numel() * p.element_size() for p in enc.parameters())
+        _MVSPLAT_CACHE[key] = host.ManagedModule(enc, size=size)
+    return _MVSPLAT_CACHE[key]
 
 
 class SplatReconstruct:

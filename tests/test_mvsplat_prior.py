@@ -112,3 +112,32 @@ def test_mvsplat_prior_bad_input(weights_file):
         mvsplat_prior(object(), imgs, _cams(64, 64), size=64)
     with pytest.raises(FileNotFoundError):
         coarse_prior(imgs, _cams(64, 64), method="mvsplat", mvsplat="/nonexistent/re10k.ckpt")
+
+
+def test_coarse_splat_prior_node_mvsplat(weights_file, tmp_path, monkeypatch):
+    import importlib
+
+    from test_host_fallback import PACK, _load_host
+    from vscene_engine.views import ViewPair
+
+    host = _load_host()
+    pn = importlib.import_module(PACK + ".nodes.pipeline_nodes")
+    path, _ = weights_file
+    (tmp_path / "mvsplat").mkdir()
+    (tmp_path / "mvsplat" / "small.safetensors").write_bytes(path.read_bytes())
+    monkeypatch.setenv("VSCENE_MODELS_DIR", str(tmp_path))
+    spec = pn.CoarseSplatPrior.INPUT_TYPES()
+    assert "mvsplat" in spec["required"]["method"][0]
+    assert "small.safetensors" in spec["optional"]["mvsplat_weights"][0]
+    imgs, _ = _smooth_images(96, 64)
+    views = ViewPair(imgs, _cams(96, 64), 0.5, 50.0)
+    node = pn.CoarseSplatPrior()
+    with pytest.raises(ValueError, match="needs mvsplat_weights"):
+        node.run(views, "mvsplat", 3, "interpolate", "linear", 8, "#ffffff")
+    splat, frames, cover, traj = node.run(views, "mvsplat", 3, "interpolate", "linear", 8, "#ffffff",
+                                          mvsplat_weights="small.safetensors", mvsplat_size=64)
+    assert frames.shape == (3, 64, 96, 3) and cover.shape == (3, 64, 96) and len(traj) == 3
+    scenes = host.splat_to_scenes(splat)
+    assert len(scenes[0]) == 2 * 64 * 64 and scenes[0].sh.shape[1] == 25
+    # the centre crop is covered, the columns outside it (16 px each side) are not: official crop convention
+    assert cover[0, :, 24:72].mean() > 0.5 and cover[0, :, :8].mean() < cover[0, :, 24:72].mean()
