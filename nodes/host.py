@@ -715,8 +715,17 @@ def _gaussian_scene_cls():
     return GaussianScene
 
 
-def scene_to_splat(scene_or_list, device=None, dtype: torch.dtype = torch.float32):
+#: Highest SH degree core's splat viewers and PLY readers accept (Preview Splat refuses 72 ``f_rest`` fields).
+CORE_MAX_SH_DEGREE = 3
+
+
+def scene_to_splat(scene_or_list, device=None, dtype: torch.dtype = torch.float32,
+                   max_sh_degree: int | None = CORE_MAX_SH_DEGREE):
     """GaussianScene or list of them -> core SPLAT (batch B = number of scenes).
+
+    ``max_sh_degree``: scenes of a higher SH degree (MVSplat predicts degree 4) keep only their first
+    ``(max_sh_degree + 1)**2`` coefficients, because core's splat viewer (Preview Splat) refuses degree 4 PLYs; None
+    keeps everything.
 
     Output tensors: positions (B,N,3), scales (B,N,3), rotations (B,N,4) wxyz, opacities (B,N,1), sh (B,N,K,3)
     with N = max scene length and K = max SH coefficient count (lower degrees zero-padded, like core
@@ -726,6 +735,8 @@ def scene_to_splat(scene_or_list, device=None, dtype: torch.dtype = torch.float3
     scenes = list(scene_or_list) if isinstance(scene_or_list, (list, tuple)) else [scene_or_list]
     if not scenes:
         raise ValueError("scene_to_splat needs at least one scene")
+    if max_sh_degree is not None:
+        scenes = [s.with_sh_degree(min(s.sh_degree, int(max_sh_degree))) for s in scenes]
     device = torch.device(device) if device is not None else intermediate_device()
     lengths = [int(s.means.shape[0]) for s in scenes]
     n = max(lengths)

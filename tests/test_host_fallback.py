@@ -347,3 +347,14 @@ def test_compose_guider_needs_the_host():
         pytest.skip("ComfyUI importable here")
     with pytest.raises(RuntimeError, match="inside ComfyUI"):
         host.make_compose_guider(None, None, 2, 3, {}, {}, 1.0, 1.0, {"kind": "constant"})
+
+
+def test_scene_to_splat_caps_sh_degree_for_core_viewers():
+    from vscene_engine.gaussians import GaussianScene
+
+    host = _load_host()
+    s4 = GaussianScene.random(10, sh_degree=4, generator=torch.Generator().manual_seed(0))
+    capped = host.scene_to_splat(s4)
+    assert capped.sh.shape[-2] == 16 and torch.equal(capped.sh[0], s4.sh[:, :16])
+    full = host.scene_to_splat(s4, max_sh_degree=None)
+    assert full.sh.shape[-2] == 25
