@@ -13,6 +13,16 @@ from vscene_engine.mvsplat.prior import mvsplat_prior, network_inputs
 from vscene_engine.prior import coarse_prior
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread (restored afterwards): depths near the far plane are 1/disparity, which magnifies float32
+    summation-order differences between thread counts (see test_mvsplat.py)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cams(W, H, n=2):
     c2w = torch.eye(4).repeat(n, 1, 1)
     c2w[1, 0, 3] = 0.3
@@ -70,7 +80,6 @@ def weights_file(tmp_path_factory):
 
 
 def test_mvsplat_prior_equals_the_encoder_on_official_inputs(weights_file):
-    torch.set_num_threads(1)
     path, enc = weights_file
     W, H = 96, 64
     imgs, _ = _smooth_images(W, H)
