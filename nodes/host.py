@@ -946,26 +946,24 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
                 return None if t is None else t[:n]
 
             self.inner_model.latent_shapes = latent_shapes
-            li = latent_image
-            if li is not None and torch.count_nonzero(li) > 0:
-                li = self.inner_model.process_latent_in(li)
-            rows = _split_conds(self.conds, V, "video", "views", F)
-            if rows is None:
-                self.conds = cs.process_conds(self.inner_model, noise[:F], self.conds, device, part(li, F),
-                                              part(denoise_mask, F), seed, latent_shapes=latent_shapes)
-            self._row_items = None if rows is None else [
-                cs.process_conds(self.inner_model, noise[:F], c, device, part(li, F), part(denoise_mask, F), seed,
-                                 latent_shapes=latent_shapes) for c in rows]
-            lc = latent_image
-            if lc is not None and torch.count_nonzero(lc) > 0:
-                lc = self.col_inner.process_latent_in(lc)
-            cols = _split_conds(self._col_raw, F, "multi-view", "frames", V)
-            if cols is None:
-                self._col_conds = cs.process_conds(self.col_inner, noise[:V], self._col_raw, device, part(lc, V),
-                                                   part(denoise_mask, V), seed, latent_shapes=latent_shapes)
-            self._col_items = None if cols is None else [
-                cs.process_conds(self.col_inner, noise[:V], c, device, part(lc, V), part(denoise_mask, V), seed,
-                                 latent_shapes=latent_shapes) for c in cols]
+
+            def prepare(inner, raw, n, label, per, m):
+                # (shared processed conds or the raw ones, per-item processed conds or None, model-space latent);
+                # m = the batch the model sees (F for the video model, V for the multi-view model)
+                lat = latent_image
+                if lat is not None and torch.count_nonzero(lat) > 0:
+                    lat = inner.process_latent_in(lat)
+
+                def proc(c):
+                    return cs.process_conds(inner, noise[:m], c, device, part(lat, m), part(denoise_mask, m), seed,
+                                            latent_shapes=latent_shapes)
+
+                items = _split_conds(raw, n, label, per, m)
+                return (raw, [proc(c) for c in items], lat) if items is not None else (proc(raw), None, lat)
+
+            self.conds, self._row_items, li = prepare(self.inner_model, self.conds, V, "video", "views", F)
+            self._col_conds, self._col_items, _ = prepare(self.col_inner, self._col_raw, F, "multi-view", "frames",
+                                                          V)
             extra = mp.create_model_options_clone(self.model_options)
             extra.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
             extra_args = {"model_options": extra, "seed": seed}

@@ -110,10 +110,10 @@ def mvsplat_prior(encoder: MVSplatEncoder, images: torch.Tensor, cams: Cameras, 
     Kn = c.K.clone()
     Kn[:, 0] /= w
     Kn[:, 1] /= h
-    nf = torch.tensor([[near] * V, [far] * V], device=p.device, dtype=p.dtype)
+    full = lambda v: torch.full((1, V), float(v), device=p.device, dtype=p.dtype)  # noqa: E731
     with torch.no_grad():
         out = encoder(x[None].to(device=p.device, dtype=p.dtype), c.c2w[None].to(p.dtype), Kn[None].to(p.dtype),
-                      nf[0:1], nf[1:2])
+                      full(near), full(far))
     out = {k: v.float() for k, v in out.items()}
     scene = to_gaussian_scene(out, 0).to(device=images.device)
     depth = out["depths"][0].to(images.device)
