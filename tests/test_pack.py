@@ -48,6 +48,46 @@ def test_packaging_metadata():
         assert name not in ("torch", "torchvision", "torchaudio"), d
 
 
+# Third-party modules the pack may import without listing them: the host and its modules, and optional extras whose
+# import is guarded (gsplat: CUDA fast path chosen by a guarded first call; transformers: only for a T5 text encoder).
+_HOST_OR_OPTIONAL = {"torch", "comfy", "comfy_api", "folder_paths", "gsplat", "transformers"}
+# import name -> distribution name in requirements.txt
+_DIST = {"PIL": "pillow", "cv2": "opencv-python-headless"}
+
+
+def _requirement_names(path: Path) -> set:
+    out = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            out.add(line.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower())
+    return out
+
+
+def test_every_runtime_import_is_a_listed_requirement():
+    """What the engine and nodes import must be installed by requirements.txt and pyproject (the demo on a fresh
+    machine installs only requirements.txt), not only by the dev/test extras."""
+    import ast
+
+    found = {}
+    files = [*(ROOT / "vscene_engine").rglob("*.py"), *(ROOT / "nodes").rglob("*.py"), ROOT / "__init__.py"]
+    for f in files:
+        for n in ast.walk(ast.parse(f.read_text())):
+            mods = [a.name for a in n.names] if isinstance(n, ast.Import) else (
+                [n.module] if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module else [])
+            for m in mods:
+                found.setdefault(m.split(".")[0], str(f.relative_to(ROOT)))
+    third = {m: f for m, f in found.items()
+             if m not in sys.stdlib_module_names and m != "vscene_engine" and m not in _HOST_OR_OPTIONAL}
+    req = _requirement_names(ROOT / "requirements.txt")
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in meta["project"]["dependencies"]}
+    for m, f in sorted(third.items()):
+        dist = _DIST.get(m, m).lower()
+        assert dist in req, f"{f} imports {m!r} but requirements.txt does not list {dist}"
+        assert dist in deps, f"{f} imports {m!r} but pyproject's dependencies do not list {dist}"
+
+
 def test_render_node_matches_engine_and_accepts_formats(tmp_path):
     from vscene_engine.camera_formats import to_nerf, to_vscene
     from vscene_engine.rasterize import render
