@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..gaussians import rotmat_to_quat
 from .adapter import GaussianAdapter, quaternion_xyzw_to_matrix
 from .backbone import BackboneMultiview
 from .config import MVSplatConfig
@@ -155,7 +156,6 @@ class MVSplatEncoder(nn.Module):
         scales = g["scales"].reshape(b, n, 3)
         rot_cam = g["rotations"].reshape(b, n, 4)
         # world-frame rotation: camera-to-world rotation composed with the camera-frame one
-        from ..gaussians import rotmat_to_quat
         r_cam = quaternion_xyzw_to_matrix(g["rotations"])
         r_world = extrinsics[:, :, None, None, None, :3, :3] @ r_cam
         out = {
