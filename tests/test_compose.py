@@ -367,13 +367,11 @@ def _dist_kwargs():
 
 
 def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    from gloo_util import gloo_group
+
+    with gloo_group(rank, world, init_file):
         res = compose_sample(_noise(11, dtype=torch.float64), row_nl, col_nl, **_dist_kwargs())
         torch.save({"samples": res.samples, "info": res.info}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
