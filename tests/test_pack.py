@@ -40,7 +40,9 @@ def test_pack_does_not_claim_top_level_nodes_module():
 def test_packaging_metadata():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["name"] == "videoscene" and "comfyui" not in meta["project"]["name"].lower()
-    assert meta["tool"]["setuptools"]["packages"] == ["vscene_engine"]
+    # every engine subpackage is found automatically; never `nodes` (ComfyUI's), tests or benchmarks
+    find = meta["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["vscene_engine", "vscene_engine.*"] and find.get("namespaces") is False
     assert meta["tool"]["comfy"]["requires-comfyui"] == ">=0.24.0"
     deps = meta["project"]["dependencies"] + (ROOT / "requirements.txt").read_text().splitlines()
     for d in deps:
@@ -113,3 +115,81 @@ def test_render_node_matches_engine_and_accepts_formats(tmp_path):
         node.render(splat, "{not json", 512, 512, 0, "#000000", "torch")
     with pytest.raises(ValueError, match="no cameras"):
         node.render(splat, "  ", 512, 512, 0, "#000000", "torch")
+
+
+# ------------------------------------------------------------------------------------------------ the built wheel
+
+def _wheel_backend_problem() -> str | None:
+    """Why this environment cannot build the wheel offline (None: it can). setuptools >= 70.1 builds wheels itself;
+    older ones (>= 64, the build-system requirement) need the `wheel` package."""
+    try:
+        import setuptools
+    except ImportError:
+        return "setuptools is not installed (pip install -r requirements-dev.txt)"
+    ver = tuple(int(p) for p in setuptools.__version__.split(".")[:2] if p.isdigit())
+    if ver >= (70, 1):
+        return None
+    if ver < (64,):
+        return f"setuptools {setuptools.__version__} < 64 (pip install -r requirements-dev.txt)"
+    if importlib.util.find_spec("wheel") is None:
+        return (f"setuptools {setuptools.__version__} needs the `wheel` package to build wheels "
+                "(pip install -r requirements-dev.txt installs setuptools>=70.1)")
+    return None
+
+
+def test_wheel_ships_every_engine_module_and_no_top_level_nodes(tmp_path):
+    """Build the wheel as `pip wheel .` does (offline: the installed setuptools, no build isolation) from a copy of the
+    tree, then check its contents: every vscene_engine/**/*.py and data file of the tree is in it, nothing else is a
+    top-level package (no `nodes`: ComfyUI owns that name; no tests/benchmarks), no torch dependency, and the
+    subpackages import from the wheel alone."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    problem = _wheel_backend_problem()
+    if problem:
+        pytest.skip(f"cannot build the wheel offline here: {problem}")
+    src = tmp_path / "src"
+    # a copy, so the build's build/ and *.egg-info never land in (or race on) the working tree
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache", ".benchmarks", "out",
+        "demo_out", "bench_out", ".venv"))
+    dist = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                           "--no-index", "-q", "-w", str(dist)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, f"pip wheel failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    wheels = list(dist.glob("videoscene-*.whl"))
+    assert len(wheels) == 1, [p.name for p in dist.iterdir()]
+    names = set(zipfile.ZipFile(wheels[0]).namelist())
+
+    engine = src / "vscene_engine"
+    want = {p.relative_to(src).as_posix() for p in engine.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert any(w.startswith("vscene_engine/mvsplat/") for w in want)  # the subpackage the old config dropped
+    missing = sorted(want - names)
+    assert not missing, (f"the wheel lacks {len(missing)} engine files, e.g. {missing[:8]} (a subpackage without "
+                         "__init__.py, or a data file type not in [tool.setuptools.package-data])")
+    top = {n.split("/")[0] for n in names}
+    info = {t for t in top if t.endswith(".dist-info")}
+    assert top - info == {"vscene_engine"}, f"unexpected top-level entries in the wheel: {sorted(top - info)}"
+    assert not any(n.startswith("nodes/") for n in names)
+    extra = sorted(n for n in names if n.startswith("vscene_engine/") and n not in want)
+    assert not extra, f"files in the wheel that are not in the tree: {extra[:8]}"
+    meta = zipfile.ZipFile(wheels[0]).read(f"{sorted(info)[0]}/METADATA").decode()
+    requires = [line.split(":", 1)[1].strip().lower() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert requires and not any(r.split()[0].split(">")[0].split("=")[0] in ("torch", "torchvision", "torchaudio")
+                                for r in requires), requires
+
+    # every (sub)package imports from the unpacked wheel alone (a pure-python wheel unpacks to site-packages as is)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheels[0]).extractall(site)
+    pkgs = sorted(p.parent.relative_to(site).as_posix().replace("/", ".") for p in
+                  (site / "vscene_engine").rglob("__init__.py"))
+    code = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); "
+            "mods = [importlib.import_module(m) for m in sys.argv[2:]]; "
+            "bad = [m.__name__ for m in mods if not m.__file__.startswith(sys.argv[1])]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code, str(site), *pkgs], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, f"importing {pkgs} from the wheel failed:\n{proc.stderr[-3000:]}"
