@@ -503,7 +503,17 @@ def load_llff(path: str | os.PathLike, **kw) -> Cameras:
     it (see :func:`from_llff` for ``width``, ``height``, ``near``, ``far``, ``dtype``)."""
     path = Path(path)
     npy = path / "poses_bounds.npy" if path.is_dir() else path
-    arr = np.load(npy)
+    if not npy.is_file():
+        raise FileNotFoundError(f"LLFF poses_bounds.npy not found: {npy}")
+    try:
+        arr = np.load(npy, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # truncated data / header, pickled or non-.npy content
+        raise ValueError(f"{npy}: cannot read as a NumPy array ({e}); poses_bounds.npy is truncated or corrupt - "
+                         "re-create it (LLFF imgs2poses / COLMAP) or copy it again") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 17 or arr.shape[0] < 1:
+        got = f"shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise ValueError(f"{npy}: LLFF poses_bounds.npy must hold a float array [N, 17] (3x5 pose + 2 bounds per "
+                         f"image), got {got}; this is not an LLFF poses_bounds file")
     img_dir = _llff_image_dir(npy.parent)
     names, size = None, None
     if img_dir is not None:
@@ -570,54 +580,96 @@ def _colmap_find(folder: Path) -> Path:
 
 
 def _read_colmap_text(d: Path):
+    def bad(path: Path, line: str, expected: str) -> ValueError:
+        return ValueError(f"{path}: malformed line {line[:120]!r}: expected {expected}; the file is truncated or "
+                          "corrupt - re-export the model (COLMAP model_converter) or copy it again")
+
+    def read(path: Path) -> list[str]:
+        try:
+            return path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (not UTF-8); a COLMAP .txt model is corrupt, or a binary "
+                             "model was named .txt") from None
+
     cams = {}
-    for line in (d / "cameras.txt").read_text().splitlines():
+    path = d / "cameras.txt"
+    for line in read(path):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
         tok = s.split()
-        cams[int(tok[0])] = (tok[1], int(tok[2]), int(tok[3]), [float(v) for v in tok[4:]])
+        try:
+            cams[int(tok[0])] = (tok[1], int(tok[2]), int(tok[3]), [float(v) for v in tok[4:]])
+        except (IndexError, ValueError):
+            raise bad(path, s, "CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]") from None
     images = []
-    lines = [l for l in (d / "images.txt").read_text().splitlines() if not l.startswith("#")]
+    path = d / "images.txt"
+    lines = [l for l in read(path) if not l.startswith("#")]
     i = 0
     while i < len(lines):
         tok = lines[i].split()
         if not tok:  # blank line where an image line was expected
             i += 1
             continue
-        if len(tok) < 10:
-            raise ValueError(f"COLMAP images.txt: malformed image line {lines[i]!r}")
-        images.append((int(tok[0]), [float(v) for v in tok[1:5]], [float(v) for v in tok[5:8]], int(tok[8]),
-                       " ".join(tok[9:])))
+        try:
+            if len(tok) < 10:
+                raise ValueError
+            images.append((int(tok[0]), [float(v) for v in tok[1:5]], [float(v) for v in tok[5:8]], int(tok[8]),
+                           " ".join(tok[9:])))
+        except ValueError:
+            raise bad(path, lines[i], "IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME") from None
         i += 2  # skip the POINTS2D line (may be empty)
     return cams, images
 
 
+def _colmap_corrupt(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path}: COLMAP binary file is truncated or corrupt ({what}); re-export the model (COLMAP "
+                      "model_converter) or copy it again")
+
+
+def _unpack_exact(f, fmt: str, path: Path, what: str):
+    size = struct.calcsize(fmt)
+    buf = f.read(size)
+    if len(buf) != size:
+        raise _colmap_corrupt(path, f"the file ends inside {what}: {len(buf)} of {size} bytes")
+    return struct.unpack(fmt, buf)
+
+
 def _read_colmap_binary(d: Path):
     cams = {}
-    with open(d / "cameras.bin", "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        for _ in range(n):
-            cid, mid, w, h = struct.unpack("<iiQQ", f.read(24))
+    path = d / "cameras.bin"
+    with open(path, "rb") as f:
+        (n,) = _unpack_exact(f, "<Q", path, "the camera count")
+        for i in range(n):
+            cid, mid, w, h = _unpack_exact(f, "<iiQQ", path, f"camera {i + 1} of {n}")
             if mid not in _COLMAP_MODELS:
-                raise ValueError(f"COLMAP cameras.bin: unknown camera model id {mid}")
+                raise _colmap_corrupt(path, f"camera {i + 1} has unknown camera model id {mid}")
             name, npar = _COLMAP_MODELS[mid]
-            params = struct.unpack(f"<{npar}d", f.read(8 * npar))
+            params = _unpack_exact(f, f"<{npar}d", path, f"the parameters of camera {i + 1} of {n}")
             cams[cid] = (name, int(w), int(h), list(params))
     images = []
-    with open(d / "images.bin", "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        for _ in range(n):
-            iid, qw, qx, qy, qz, tx, ty, tz, cid = struct.unpack("<idddddddi", f.read(64))
+    path = d / "images.bin"
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        (n,) = _unpack_exact(f, "<Q", path, "the image count")
+        for i in range(n):
+            iid, qw, qx, qy, qz, tx, ty, tz, cid = _unpack_exact(f, "<idddddddi", path, f"image {i + 1} of {n}")
             name = bytearray()
             while True:
                 c = f.read(1)
-                if c in (b"\x00", b""):
+                if c == b"":
+                    raise _colmap_corrupt(path, f"the file ends inside the name of image {i + 1} of {n}")
+                if c == b"\x00":
                     break
                 name += c
-            (npts,) = struct.unpack("<Q", f.read(8))
+            (npts,) = _unpack_exact(f, "<Q", path, f"the point count of image {i + 1} of {n}")
+            if f.tell() + 24 * npts > size:
+                raise _colmap_corrupt(path, f"image {i + 1} of {n} declares {npts} 2D points, more than the file holds")
             f.seek(24 * npts, os.SEEK_CUR)
-            images.append((iid, [qw, qx, qy, qz], [tx, ty, tz], cid, name.decode("utf-8")))
+            try:
+                images.append((iid, [qw, qx, qy, qz], [tx, ty, tz], cid, name.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise _colmap_corrupt(path, f"the name of image {i + 1} is not UTF-8") from None
     return cams, images
 
 
@@ -950,6 +1002,24 @@ def _nerf_json_in(folder: Path) -> Path | None:
     raise ValueError(f"{folder}: several transforms files {[p.name for p in splits]}; pass the one you want")
 
 
+def _json_file(p: Path):
+    """Parse a JSON camera file; a truncated / corrupt file is a ValueError naming the file and the place."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: not a text file (it is not UTF-8); the camera file is corrupt or not JSON - "
+                         "re-export it") from None
+    return _json_text(text, str(p))
+
+
+def _json_text(text: str, where: str = "camera JSON text"):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg}: line {e.lineno}, column {e.colno}); the file is "
+                         f"truncated or corrupt - re-export it or pass another camera file") from None
+
+
 def _looks_like_re10k(text: str) -> bool:
     lines = [l.split() for l in text.splitlines() if l.strip()]
     rows = lines[1:] if lines and len(lines[0]) == 1 else lines
@@ -966,7 +1036,7 @@ def detect_format(source) -> str:
     if isinstance(source, str):
         s = source.lstrip()
         if s.startswith("{") or s.startswith("["):
-            return _detect_dict(json.loads(s))
+            return _detect_dict(_json_text(s))
         if "\n" in s and _looks_like_re10k(s):
             return "re10k"
     p = Path(source)
@@ -976,7 +1046,7 @@ def detect_format(source) -> str:
         if _nerf_json_in(p) is not None:
             return "nerf"
         if (p / "cameras.json").is_file():
-            return _detect_dict(json.loads((p / "cameras.json").read_text()))
+            return _detect_dict(_json_file(p / "cameras.json"))
         try:
             _colmap_find(p)
             return "colmap"
@@ -991,7 +1061,7 @@ def detect_format(source) -> str:
         if suf == ".npy":
             return "llff"
         if suf == ".json":
-            return _detect_dict(json.loads(p.read_text()))
+            return _detect_dict(_json_file(p))
         if p.name in ("cameras.txt", "images.txt", "points3D.txt", "cameras.bin", "images.bin", "points3D.bin"):
             return "colmap"
         if suf == ".txt":
@@ -1041,7 +1111,7 @@ def load_cameras(
     if isinstance(source, (dict, list, tuple)):
         data = source
     elif isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
-        data = json.loads(source)
+        data = _json_text(source)
     elif isinstance(source, str) and fmt == "re10k" and "\n" in source:
         data = source
     else:
@@ -1049,7 +1119,7 @@ def load_cameras(
         if fmt in ("nerf", "vscene", "load3d"):
             if p.is_dir():
                 p = _nerf_json_in(p) if fmt == "nerf" else p / "cameras.json"
-            data, base = json.loads(p.read_text()), p.parent
+            data, base = _json_file(p), p.parent
         elif fmt == "re10k":
             data = p.read_text()
         elif fmt == "llff":

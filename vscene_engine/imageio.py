@@ -5,6 +5,9 @@ Writes are atomic: a temporary file in the destination folder is renamed over th
 """
 from __future__ import annotations
 
+import struct
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,7 @@ def load_image(path, *, keep_alpha: bool = False, background=None) -> torch.Tens
         raise FileNotFoundError(f"image not found: {p}")
     try:
         with Image.open(p) as im:
-            im.load()
+            _load_strict(im)  # PIL decodes lazily: truncation / corrupt data surface only here
             if im.mode in ("I;16", "I;16B", "I"):
                 arr = np.asarray(im, dtype=np.float32) / 65535.0
                 arr = np.repeat(arr[..., None], 3, -1)
@@ -36,7 +39,17 @@ def load_image(path, *, keep_alpha: bool = False, background=None) -> torch.Tens
                 has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
                 arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
     except UnidentifiedImageError:
-        raise ValueError(f"{p}: not an image file PIL can read (PNG/JPEG/WebP/...)") from None
+        raise ValueError(f"{p}: not a readable image: the file is truncated or corrupt, or not in a format PIL "
+                         "reads; pass a PNG, JPEG or WebP image (re-export or re-download a damaged one)") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{p}: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error) as e:
+        # PIL reports broken files as OSError ("image file is truncated", "Truncated File Read"), SyntaxError
+        # ("broken PNG file"), ValueError, EOFError, struct/zlib errors depending on the format and where it breaks
+        if isinstance(e, OSError) and e.errno is not None:  # the file system's error (permissions, I/O), not PIL's
+            raise ValueError(f"{p}: cannot read the file ({e.strerror}); check that it is readable") from None
+        raise ValueError(f"{p}: the image file is truncated or corrupt ({type(e).__name__}: {e}); re-export or "
+                         "re-download it (an interrupted copy leaves such files)") from None
     t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.shape[-1] == 4 and background is not None:
         t = composite(t, background)
@@ -45,6 +58,27 @@ def load_image(path, *, keep_alpha: bool = False, background=None) -> torch.Tens
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{p}: image has zero size")
     return t
+
+
+_STRICT_LOCK = threading.Lock()
+
+
+def _load_strict(im) -> None:
+    """``im.load()`` with PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` off: when another library has switched that global
+    on, PIL fills a truncated image's missing rows with grey without a word; here it raises instead. The global is
+    restored at once (it is only touched when it was on)."""
+    from PIL import ImageFile
+
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        im.load()
+        return
+    with _STRICT_LOCK:
+        prev = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            im.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = prev
 
 
 def composite(rgba: torch.Tensor, background=(1.0, 1.0, 1.0)) -> torch.Tensor:

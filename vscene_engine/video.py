@@ -67,11 +67,21 @@ def read_frames(source) -> torch.Tensor:
         raise FileNotFoundError(f"video or frame folder not found: {p}")
     import av
 
+    what_to_do = "re-export or re-download it (an interrupted copy leaves such files), or pass a folder of frames"
     try:
         with av.open(str(p)) as container:
-            frames = [torch.from_numpy(fr.to_ndarray(format="rgb24")) for fr in container.decode(video=0)]
-    except av.error.FFmpegError as e:
-        raise ValueError(f"{p}: cannot decode as video ({e})") from None
+            if not container.streams.video:
+                raise ValueError(f"{p}: the file has no video stream; pass a video file or a folder of frames")
+            stream = container.streams.video[0]
+            declared = int(stream.frames or 0)  # from the container's index; 0 when it does not say
+            frames = [torch.from_numpy(fr.to_ndarray(format="rgb24")) for fr in container.decode(stream)]
+    except (av.error.FFmpegError, EOFError, IndexError) as e:  # FFmpeg's own errors; EOF inside a damaged stream
+        raise ValueError(f"{p}: cannot decode as video, the file is truncated, corrupt or not a video "
+                         f"({type(e).__name__}: {e}); {what_to_do}") from None
     if not frames:
-        raise ValueError(f"{p}: the video has no frames")
+        raise ValueError(f"{p}: the video has no decodable frames; the file is truncated or empty; {what_to_do}")
+    if declared and len(frames) < declared:
+        # FFmpeg decodes what it can from a cut-off file (index at the front) and stops quietly at the cut
+        raise ValueError(f"{p}: the video is truncated: its index declares {declared} frames but only {len(frames)} "
+                         f"decode; {what_to_do}")
     return torch.stack(frames).float() / 255.0
