@@ -107,15 +107,22 @@ def _fixture_meta():
 #   <= 1.6e-5).
 # * So each geometric tolerance is propagated from the reference depth d (the fixture's own, per Gaussian):
 #     depth:       dd  = d^2 TAU_DISP / (1 - d TAU_DISP)          (exact image of a +-TAU_DISP disparity interval)
-#     means:       dd + TAU_REL d + ATOL                           (the ray direction adds <= 2e-7 d measured)
+#     means:       dd + TAU_DIR d + ATOL                           (the ray direction adds <= 2.1e-7 d measured)
 #     scales:      |s| (dd / d + TAU_REL) + ATOL                   (scales are proportional to depth)
 #     covariances: max|cov_g| (2 dd / d + (dd / d)^2 + TAU_REL) + ATOL   (covariances scale with depth^2)
-#   and the depth-independent outputs (opacities, harmonics, rotations; measured noise <= 1.4e-5) keep ATOL = RTOL.
+#   TAU_DIR = 2e-6 (5x the sum of two such direction errors); TAU_REL = 1e-4 (covariance residual of two runs
+#   <= 2.5e-5: 4x). The depth-independent outputs (opacities, harmonics, rotations; measured noise <= 1.4e-5, ours
+#   and the official alike) keep ATOL = RTOL = 1e-4.
 # * The full-tensor statistics [sum, sum|x|, sum x^2] are bounded by the same per-element tolerances t:
 #   sum t, sum t, sum (2|x| t + t^2) (x, t from our output where the fixture stores only a subset).
 # A real bug is far outside these bounds: perturbing one disparity-head bias by 1e-3 moves every disparity by ~1e-3
-# (25x TAU_DISP), a half-pixel shift moves means by ~1e-2 x depth (1000x TAU_REL); see test_parity_detects_a_bug.
+# (measured: 25x the depth tolerance), a half-pixel principal-point shift moves means by ~1e-2 x depth (measured:
+# 670x the means tolerance), a 1e-3 error in a Gaussian-head weight moves harmonics 15x their tolerance; on this
+# machine the largest error / tolerance ratio of the correct forward is 0.28 (1 thread), 0.25 (2 threads), 0.28
+# (3 threads) and 0.35 with oneDNN off (torch.backends.mkldnn.enabled = False: other convolution kernels, a proxy for
+# another CPU); see test_parity_detects_a_bug.
 TAU_DISP = 4e-5
+TAU_DIR = 2e-6
 TAU_REL = 1e-4
 GEOMETRIC = ("depth", "means", "scales", "covariances")
 
@@ -132,7 +139,7 @@ def _tolerance(key: str, ref: torch.Tensor, depth: torch.Tensor) -> torch.Tensor
     if key == "depth":
         t = dd
     elif key == "means":
-        t = (dd + TAU_REL * d)[..., None] + ATOL
+        t = (dd + TAU_DIR * d)[..., None] + ATOL
     elif key == "scales":
         t = ref.abs() * (rel + TAU_REL)[..., None] + ATOL
     else:  # covariances [B, G, 3, 3]
