@@ -146,6 +146,16 @@ def test_corrupt_camera_json_is_one_clear_error(tmp_path):
     binary = tmp_path / "binary.json"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     _raises_clear(cf.load_cameras, binary)
+    re10k = tmp_path / "cams.txt"
+    re10k.write_bytes(b"\x00\xff\xfe binary \x80\x81")
+    _raises_clear(cf.load_cameras, re10k, "not UTF-8")
+    text = cf.to_re10k(cams, url="https://example.invalid/v")
+    assert len(cf.load_cameras(text, width=32, height=24)) == len(cams)
+    cut = tmp_path / "cut_re10k.txt"
+    cut.write_text(text.rstrip()[:-25])
+    with pytest.raises(ValueError) as info:
+        cf.load_cameras(cut, width=32, height=24)
+    assert "cut_re10k.txt" in str(info.value) and "truncated" in str(info.value), info.value
     with pytest.raises(ValueError, match="camera JSON text: not valid JSON"):
         cf.load_cameras('{"format": "vscene-cameras", "cameras": [')
 

@@ -795,11 +795,16 @@ def from_re10k(
             continue
         if len(tok) == 1 and not rows:  # the URL line
             continue
-        if len(tok) != 19:
-            raise ValueError(f"RealEstate10K line {ln + 1}: expected 19 numbers (timestamp fx fy cx cy 0 0 + 12 "
-                             f"of a 3x4 w2c), got {len(tok)}")
+        try:
+            if len(tok) != 19:
+                raise ValueError
+            row = [float(v) for v in tok[1:]]
+        except ValueError:
+            raise ValueError(f"RealEstate10K line {ln + 1}: expected 19 numbers (timestamp fx fy cx cy 0 0 + 12 of a "
+                             f"3x4 w2c), got {len(tok)} tokens {' '.join(tok)[:80]!r}; a short last line means the "
+                             f"file is truncated - copy or export it again") from None
         names.append(tok[0])
-        rows.append([float(v) for v in tok[1:]])
+        rows.append(row)
     if not rows:
         raise ValueError("RealEstate10K: no camera rows found")
     a = np.array(rows)
@@ -1002,14 +1007,18 @@ def _nerf_json_in(folder: Path) -> Path | None:
     raise ValueError(f"{folder}: several transforms files {[p.name for p in splits]}; pass the one you want")
 
 
+def _text_file(p: Path) -> str:
+    """A text camera file's content; bytes that are not UTF-8 are a ValueError naming the file."""
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: not a text file (it is not UTF-8); the camera file is corrupt or not a camera file "
+                         "- re-export it") from None
+
+
 def _json_file(p: Path):
     """Parse a JSON camera file; a truncated / corrupt file is a ValueError naming the file and the place."""
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{p}: not a text file (it is not UTF-8); the camera file is corrupt or not JSON - "
-                         "re-export it") from None
-    return _json_text(text, str(p))
+    return _json_text(_text_file(p), str(p))
 
 
 def _json_text(text: str, where: str = "camera JSON text"):
@@ -1023,7 +1032,8 @@ def _json_text(text: str, where: str = "camera JSON text"):
 def _looks_like_re10k(text: str) -> bool:
     lines = [l.split() for l in text.splitlines() if l.strip()]
     rows = lines[1:] if lines and len(lines[0]) == 1 else lines
-    return bool(rows) and all(len(r) == 19 for r in rows[:3])
+    # the last row may be cut short (a truncated file): detected here, reported by from_re10k with its line number
+    return bool(rows) and len(rows[0]) == 19 and all(len(r) == 19 for r in rows[:3] if r is not rows[-1])
 
 
 def detect_format(source) -> str:
@@ -1065,7 +1075,7 @@ def detect_format(source) -> str:
         if p.name in ("cameras.txt", "images.txt", "points3D.txt", "cameras.bin", "images.bin", "points3D.bin"):
             return "colmap"
         if suf == ".txt":
-            if _looks_like_re10k(p.read_text()):
+            if _looks_like_re10k(_text_file(p)):
                 return "re10k"
             raise ValueError(f"{p}: a .txt that is neither a COLMAP file nor a RealEstate10K camera file")
         raise ValueError(f"{p}: unknown camera file type {suf!r} (expected .json, .npy, .txt or a folder)")
@@ -1121,7 +1131,7 @@ def load_cameras(
                 p = _nerf_json_in(p) if fmt == "nerf" else p / "cameras.json"
             data, base = _json_file(p), p.parent
         elif fmt == "re10k":
-            data = p.read_text()
+            data = _text_file(p)
         elif fmt == "llff":
             cams = load_llff(p, width=width, height=height, **kw)
             return _select(cams, select).validate()
@@ -1140,7 +1150,12 @@ def load_cameras(
     elif fmt == "load3d":
         cams = from_load3d(data, width=width, height=height, **kw)
     elif fmt == "re10k":
-        cams = from_re10k(data, width=width, height=height, **kw)
+        try:
+            cams = from_re10k(data, width=width, height=height, **kw)
+        except ValueError as e:
+            if base is None and not (isinstance(source, str) and "\n" in source):  # read from a file: name it
+                raise ValueError(f"{source}: {e}") from None
+            raise
     else:  # pragma: no cover - detect_format only returns known names
         raise ValueError(f"unsupported format {fmt!r}")
     return _select(cams, select).validate()
