@@ -36,7 +36,8 @@ class LoadViewPair:
                        "JSON report: camera source, pose-estimation inliers/confidence, sizes.")
     DESCRIPTION = ("Prepares two photos of one scene: brings them to one working size (keeping intrinsics right) "
                    "and gets their cameras — estimated from image features when none are given (baseline "
-                   "normalised to 1), or read from camera text/JSON or two Load3D cameras.")
+                   "normalised to 1), or read from camera text/JSON or two Load3D cameras, or taken from core "
+                   "Depth Anything 3 (cameras and depth; baseline normalised to 1).")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -269,3 +269,13 @@ def test_depth_prior_bad_inputs(truth):
         depth_prior(imgs, g.cameras, g.depth, g.confidence, min_confidence=1.01)
     with pytest.raises(ValueError, match="encoding"):
         depth_from_image(imgs, "log")
+
+
+def test_implausible_fov_is_flagged(truth):
+    """Untrained DA3 weights give a clamped focal (~1e8 px): the conversion still works but says so."""
+    geom, _, _ = make_geometry(truth)
+    assert "warning" not in cameras_from_da3(geom).info
+    K = geom["intrinsics"].clone()
+    K[..., 0, 0] = K[..., 1, 1] = 1.9e8
+    info = cameras_from_da3(dict(geom, intrinsics=K)).info
+    assert "implausible" in info["warning"] and info["fov_x_deg"][0] < 1e-3

@@ -58,8 +58,9 @@ class DA3Views:
     depth:      ``[2,H,W]`` view-z depth in the same (baseline = 1) units.
     confidence: ``[2,H,W]`` in 0..1 (per-view min-max of DA3's raw confidence), or ``None`` when absent.
     images:     ``[2,H,W,3]`` the pixels DA3 saw (``geometry["image"]``), or ``None`` when absent.
-    info:       dict: ``views``, ``input_size`` [W,H], ``process_size`` [W',H'], ``process_size_exact``,
-                ``baseline_da3``, ``focal_px`` (at the input size).
+    info:       dict: ``views``, ``num_views``, ``input_size`` [W,H], ``process_size`` [W',H'],
+                ``process_size_exact``, ``baseline_da3``, ``focal_px`` and ``fov_x_deg`` (at the input size), and
+                ``warning`` when the field of view is implausible (outside 1..170 degrees).
     """
 
     cameras: Cameras
@@ -196,6 +197,10 @@ def cameras_from_da3(geometry: dict, views: tuple[int, int] = (0, 1)) -> DA3View
             "process_size_exact": exact, "baseline_da3": base,
             "focal_px": [[float(Ks[i, 0, 0]), float(Ks[i, 1, 1])] for i in range(2)],
             "fov_x_deg": [math.degrees(2 * math.atan(W / (2 * float(Ks[i, 0, 0])))) for i in range(2)]}
+    if not all(1.0 <= f <= 170.0 for f in info["fov_x_deg"]):  # e.g. untrained weights; real DA3 gives ~20-120
+        info["warning"] = (f"DA3's field of view {', '.join(f'{f:.3g}' for f in info['fov_x_deg'])} deg is "
+                           "implausible: check the DA3 weights (a Small/Base checkpoint) or use cameras_from = "
+                           "estimate")
     return DA3Views(cams, torch.where(ok, d, torch.zeros_like(d)).float(), conf, imgs, info)
 
 
