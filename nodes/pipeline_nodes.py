@@ -119,8 +119,8 @@ class CoarseSplatPrior:
                        "Cameras of the frames (for SplatReconstruct / the video student).")
     DESCRIPTION = ("VideoScene's coarse 3D prior: plane-sweep stereo between the two views (left-right checked), "
                    "one Gaussian per pixel, or the feed-forward MVSplat encoder (the paper's prior; official "
-                   "checkpoint), or one Gaussian per pixel of depth maps (Depth Anything 3's), rendered along the camera path between the views (default: 49 frames, cosine "
-                   "easing, as VideoScene).")
+                   "checkpoint), or one Gaussian per pixel of depth maps (Depth Anything 3's), rendered along the "
+                   "camera path between the views (default: 49 frames, cosine easing, as VideoScene).")
 
     @classmethod
     def INPUT_TYPES(cls):

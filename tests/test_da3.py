@@ -97,11 +97,13 @@ def test_target_size_matches_da3_rules():
     (504, "upper_bound_resize", 0.0, True),     # cam_dec: principal point exactly at the processing centre
     (280, "lower_bound_resize", 0.0, True),     # 280 short side -> 378x280 (bigger than the 160x120 input)
     (252, "upper_bound_resize", 1.5, False),    # ray_pose: estimated principal point 1.5 px off the centre
+    (504, "upper_bound_resize", 6.0, False),    # ray_pose 6 px off: the nearest centre would be 518x392; default
 ])
 def test_cameras_round_trip(truth, resolution, method, jitter, exact):
     geom, (hp, wp), S = make_geometry(truth, resolution, method, jitter)
     g = cameras_from_da3(geom)
     assert g.info["process_size"] == [wp, hp] and g.info["process_size_exact"] is exact
+    assert ("warning" in g.info) is (not exact)
     assert g.info["input_size"] == [W, H] and g.info["num_views"] == 3
     cams = truth["cams"][[0, 1]]
     ref = normalised(cams)

@@ -20,7 +20,9 @@ views given as one IMAGE batch ``[S,H,W,3]`` (``H x W`` = the *input* size, shar
 
 The processing size is not stored in the dict. :func:`da3_process_size` recovers it from the principal point: the
 candidate sizes (every resolution 140..2520 in steps of 14, both resize methods, and the input size itself) are
-compared with ``(2 cx, 2 cy)``; with ``cam_dec`` the match is exact.
+compared with ``(2 cx, 2 cy)``; with ``cam_dec`` the match is exact. With ``ray_pose`` the principal point is an
+estimate: the default resolution (504, upper_bound_resize) is assumed when it is within 5 %, and
+``info["warning"]`` says so (use cam_dec with another resolution).
 
 Conversion (:func:`cameras_from_da3`), views ``a, b`` of the batch (default 0 and 1):
 
@@ -42,8 +44,8 @@ from torch import Tensor
 
 from .cameras import Cameras
 
-__all__ = ["DA3Views", "cameras_from_da3", "da3_view_pair", "da3_target_size", "da3_process_size", "normalize_confidence",
-           "DA3_PATCH"]
+__all__ = ["DA3Views", "cameras_from_da3", "da3_view_pair", "da3_target_size", "da3_process_size",
+           "normalize_confidence", "DA3_PATCH"]
 
 DA3_PATCH = 14  # DA3's ViT patch size: both sides of the processing size are multiples of it
 _RESOLUTIONS = range(140, 2521, 14)  # the DA3Inference `resolution` widget's range
@@ -86,16 +88,28 @@ def da3_target_size(h: int, w: int, resolution: int = 504, method: str = "upper_
 
 
 def da3_process_size(K: Tensor, h: int, w: int) -> tuple[tuple[int, int], bool]:
-    """The processing size ``((h', w'), exact)`` whose centre ``(w'/2, h'/2)`` best matches the principal points of
-    ``K [S,3,3]`` (pixels of the processing size) of an ``h x w`` input; ``exact`` when within 0.5 px (cam_dec)."""
+    """The processing size ``((h', w'), exact)`` of an ``h x w`` input from the principal points of ``K [S,3,3]``
+    (pixels of the processing size).
+
+    ``exact``: a candidate's centre ``(w'/2, h'/2)`` is within 0.5 px (pose_method cam_dec). Otherwise (ray_pose: an
+    estimated principal point) the DA3Inference default (resolution 504, upper_bound_resize) is assumed when its
+    centre is within 5 % of the principal point, else the candidate with the nearest centre is taken."""
     cx, cy = float(K[:, 0, 2].mean()), float(K[:, 1, 2].mean())
     cands = {(h, w)}
     for r in _RESOLUTIONS:
         for m in _METHODS:
             cands.add(da3_target_size(h, w, r, m))
-    best = min(cands, key=lambda hw: abs(hw[1] - 2 * cx) + abs(hw[0] - 2 * cy))
-    err = max(abs(best[1] - 2 * cx), abs(best[0] - 2 * cy)) / 2
-    return best, err <= 0.5
+
+    def err(hw):
+        return max(abs(hw[1] - 2 * cx), abs(hw[0] - 2 * cy)) / 2
+
+    best = min(cands, key=lambda hw: (err(hw), hw))
+    if err(best) <= 0.5:
+        return best, True
+    default = da3_target_size(h, w)
+    if err(default) <= 0.05 * max(default) / 2:
+        return default, False
+    return best, False
 
 
 def normalize_confidence(conf: Tensor) -> Tensor:
@@ -197,10 +211,15 @@ def cameras_from_da3(geometry: dict, views: tuple[int, int] = (0, 1)) -> DA3View
             "process_size_exact": exact, "baseline_da3": base,
             "focal_px": [[float(Ks[i, 0, 0]), float(Ks[i, 1, 1])] for i in range(2)],
             "fov_x_deg": [math.degrees(2 * math.atan(W / (2 * float(Ks[i, 0, 0])))) for i in range(2)]}
+    if not exact:
+        info["warning"] = (f"DA3's principal point is not at the centre of its processing size (pose_method "
+                           f"ray_pose?): assumed DA3 ran at {wp}x{hp}; with a non-default resolution use pose_method "
+                           "cam_dec")
     if not all(1.0 <= f <= 170.0 for f in info["fov_x_deg"]):  # e.g. untrained weights; real DA3 gives ~20-120
-        info["warning"] = (f"DA3's field of view {', '.join(f'{f:.3g}' for f in info['fov_x_deg'])} deg is "
-                           "implausible: check the DA3 weights (a Small/Base checkpoint) or use cameras_from = "
-                           "estimate")
+        fov = ", ".join(f"{f:.3g}" for f in info["fov_x_deg"])
+        msg = (f"DA3's field of view {fov} deg is implausible: check the DA3 weights (a Small/Base checkpoint) or "
+               "use cameras_from = estimate")
+        info["warning"] = info["warning"] + "; " + msg if "warning" in info else msg
     return DA3Views(cams, torch.where(ok, d, torch.zeros_like(d)).float(), conf, imgs, info)
 
 
