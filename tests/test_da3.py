@@ -141,7 +141,7 @@ def test_depth_prior_round_trip(truth):
     assert (vp.width, vp.height) == (W, H) and vp.scale == 1.0 and vp.provenance["cameras"] == "da3"
     assert vp.depth.shape == vp.confidence.shape == (2, H, W)
     pr = coarse_prior(vp.images, vp.cameras, method="depth", depth=vp.depth, confidence=vp.confidence,
-                      min_confidence=0.5)
+                      min_confidence=0.5, edge_snap=0.0)
     # reference: the same construction from the ground truth, in the original world and units
     cams = truth["cams"][[0, 1]]
     conf = normalize_confidence(geom["confidence"][:2])
@@ -301,3 +301,28 @@ def test_depth_maps_at_photo_size_follow_the_resize(truth):
     assert torch.equal(maps_to_views(vp, d), d)  # maps at the working size pass unchanged
     with pytest.raises(ValueError, match="aspect"):
         maps_to_views(vp, torch.ones(2, H, 3 * W))
+
+
+def test_edge_snapping_removes_flying_pixels(truth):
+    """Depth predicted at 1/4 resolution and bilinearly upsampled (as core resizes DA3's depth) has pixels between
+    foreground and background at every outline; snapping them to the nearer side improves the novel views."""
+    from vscene_engine.depth_prior import snap_depth_edges
+
+    cams = truth["cams"][[0, 1]]
+    lo = render(truth["scene"], cams.resized(W // 4, H // 4), WHITE)
+    dl = torch.where(lo.alpha[..., 0] > 0.5, lo.depth[..., 0], torch.full_like(lo.depth[..., 0], 12.0))
+    d = torch.nn.functional.interpolate(dl[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    snapped, moved = snap_depth_edges(d, 0.1)
+    assert 0.01 < float(moved.float().mean()) < 0.2
+    lo_, hi_ = (-torch.nn.functional.max_pool2d(-d[:, None], 3, 1, 1)[:, 0],
+                torch.nn.functional.max_pool2d(d[:, None], 3, 1, 1)[:, 0])
+    assert torch.equal(snapped[moved], torch.where((d - lo_ < hi_ - d), lo_, hi_)[moved])
+    assert torch.equal(snapped[~moved], d[~moved])
+    mids = Cameras.cat([make_trajectory("interpolate", cams, frames=9)[k] for k in (2, 4, 6)])
+    ref = render(truth["scene"], mids, WHITE).rgb.clamp(0, 1)
+    rgb = truth["rgb"][:2]
+    res = {}
+    for snap in (0.0, 0.1):
+        pr = coarse_prior(rgb, cams, method="depth", depth=d, edge_snap=snap)
+        res[snap] = float(psnr(render(pr.scene, mids, WHITE).rgb.clamp(0, 1), ref))
+    assert res[0.1] > res[0.0] + 0.2  # measured 17.8 -> 18.4 dB

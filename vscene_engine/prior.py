@@ -98,6 +98,7 @@ def coarse_prior(
     depth: Optional[Tensor] = None,
     confidence: Optional[Tensor] = None,
     align_depth_scale: bool = False,
+    edge_snap: float = 0.1,
 ) -> PriorResult:
     """Pixel-aligned Gaussian scene from two posed photos (see the module docstring).
 
@@ -124,7 +125,8 @@ def coarse_prior(
         check_interrupt: callable raising to abort; forwarded to the stereo step.
         depth, confidence, align_depth_scale: method "depth": ``[2,H,W]`` view-z depth in the cameras' units (0 = no
             data), ``[2,H,W]`` confidence in 0..1 (None: all 1; pixels below ``min_confidence`` are dropped), and
-            whether to fit a per-view depth scale photometrically (for depth of unknown scale). ``opacity``,
+            whether to fit a per-view depth scale photometrically (for depth of unknown scale); ``edge_snap``:
+            relative 3x3 depth spread above which a pixel snaps to the nearer side of the edge (0 = off). ``opacity``,
             ``opacity_from_confidence``, ``scale_mult``, ``thickness``, ``sh_degree`` apply as for stereo.
 
     Returns:
@@ -148,7 +150,7 @@ def coarse_prior(
         return depth_prior(images, cams, depth, confidence, min_confidence=min_confidence, opacity=opacity,
                            opacity_from_confidence=opacity_from_confidence, scale_mult=scale_mult,
                            thickness=thickness, sh_degree=sh_degree, align_scale=align_depth_scale,
-                           check_interrupt=check_interrupt)
+                           edge_snap=edge_snap, check_interrupt=check_interrupt)
     if not 0 < float(opacity) <= 1:
         raise ValueError(f"coarse_prior: opacity must be in (0, 1], got {opacity}")
     if not float(scale_mult) > 0 or not float(thickness) > 0:
