@@ -36,7 +36,8 @@ class LoadViewPair:
                        "JSON report: camera source, pose-estimation inliers/confidence, sizes.")
     DESCRIPTION = ("Prepares two photos of one scene: brings them to one working size (keeping intrinsics right) "
                    "and gets their cameras — estimated from image features when none are given (baseline "
-                   "normalised to 1), or read from camera text/JSON or two Load3D cameras.")
+                   "normalised to 1), or read from camera text/JSON or two Load3D cameras, or taken from core "
+                   "Depth Anything 3 (cameras and depth; baseline normalised to 1).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -44,10 +45,11 @@ class LoadViewPair:
             "required": {
                 "image_a": ("IMAGE", {"tooltip": "First photo (start of the camera path). First image of a batch."}),
                 "image_b": ("IMAGE", {"tooltip": "Second photo (end of the camera path); may differ in size."}),
-                "cameras_from": (["estimate", "text", "load3d"], {
+                "cameras_from": (["estimate", "text", "load3d", "da3"], {
                     "default": "estimate",
                     "tooltip": "estimate: pose from image features (needs overlap and some parallax); text: the "
-                               "cameras field; load3d: the camera_a / camera_b inputs."}),
+                               "cameras field; load3d: the camera_a / camera_b inputs; da3: cameras, depth and "
+                               "confidence from core Depth Anything 3 (the da3_geometry input; its views 0 and 1)."}),
                 "cameras": ("STRING", {"multiline": True, "default": "",
                                        "tooltip": "2 cameras as text: vscene JSON, transforms.json (2 frames), "
                                                   "RealEstate10K rows, or a path to a camera file/folder."}),
@@ -63,10 +65,16 @@ class LoadViewPair:
             "optional": {
                 "camera_a": ("LOAD3D_CAMERA", {"tooltip": "Camera of photo A (cameras_from = load3d)."}),
                 "camera_b": ("LOAD3D_CAMERA", {"tooltip": "Camera of photo B (cameras_from = load3d)."}),
+                "da3_geometry": ("DA3_GEOMETRY", {
+                    "tooltip": "cameras_from = da3: output of core 'Run Depth Anything 3' (mode multiview, "
+                               "Small/Base model) on a batch of the two photos (A first). Cameras are re-based on "
+                               "photo A with baseline 1; the depth travels with the views (CoarseSplatPrior method "
+                               "depth)."}),
             },
         }
 
-    def load(self, image_a, image_b, cameras_from, cameras, fov_deg, size, resize, camera_a=None, camera_b=None):
+    def load(self, image_a, image_b, cameras_from, cameras, fov_deg, size, resize, camera_a=None, camera_b=None,
+             da3_geometry=None):
         from vscene_engine.camera_formats import from_load3d
         from vscene_engine.views import make_view_pair, prepare_image
 
@@ -81,9 +89,19 @@ class LoadViewPair:
                 raise ValueError("cameras_from = load3d needs both camera_a and camera_b connected")
             a = prepare_image(image_a, "image A")
             cams = from_load3d([camera_a, camera_b], width=int(a.shape[1]), height=int(a.shape[0]))
+        elif cameras_from == "da3":
+            from vscene_engine.da3 import da3_view_pair
+
+            if da3_geometry is None:
+                raise ValueError("cameras_from = da3 needs da3_geometry connected: 'Run Depth Anything 3' (mode "
+                                 "multiview, DA3-Small/Base from models/geometry_estimation) on a batch of the two "
+                                 "photos")
         elif cameras_from != "estimate":
             raise ValueError(f"unknown cameras_from {cameras_from!r}")
-        views = make_view_pair(image_a, image_b, cams, fov_deg=fov_deg, size=size, resize=resize)
+        if cameras_from == "da3":
+            views = da3_view_pair(image_a, image_b, da3_geometry, size=size, resize=resize)
+        else:
+            views = make_view_pair(image_a, image_b, cams, fov_deg=fov_deg, size=size, resize=resize)
         report = {"near": views.near, "far": views.far, "scale": views.scale, **views.provenance}
         return (views, views.images.clone(), json.dumps(report, indent=1, default=str))
 
@@ -101,19 +119,20 @@ class CoarseSplatPrior:
                        "Cameras of the frames (for SplatReconstruct / the video student).")
     DESCRIPTION = ("VideoScene's coarse 3D prior: plane-sweep stereo between the two views (left-right checked), "
                    "one Gaussian per pixel, or the feed-forward MVSplat encoder (the paper's prior; official "
-                   "checkpoint), rendered along the camera path between the views (default: 49 frames, cosine "
-                   "easing, as VideoScene).")
+                   "checkpoint), or one Gaussian per pixel of depth maps (Depth Anything 3's), rendered along the "
+                   "camera path between the views (default: 49 frames, cosine easing, as VideoScene).")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "views": ("VSCENE_VIEWS", {"tooltip": "From LoadViewPair."}),
-                "method": (["stereo", "mvsplat"], {
+                "method": (["stereo", "mvsplat", "depth"], {
                     "default": "stereo",
                     "tooltip": "stereo: weight-free plane-sweep stereo. mvsplat: VideoScene's feed-forward MVSplat "
                                "prior (needs mvsplat_weights: the official re10k.ckpt or its .safetensors in "
-                               "models/mvsplat)."}),
+                               "models/mvsplat). depth: one Gaussian per pixel of depth maps: Depth Anything 3's "
+                               "(LoadViewPair cameras_from = da3) or the depth input."}),
                 "frames": ("INT", {"default": 49, "min": 2, "max": 241,
                                    "tooltip": "Frames of the camera path (VideoScene's student needs 49)."}),
                 "path": (["interpolate", "se3", "orbit", "keyframes"], {
@@ -144,11 +163,25 @@ class CoarseSplatPrior:
                                               "(RealEstate10K model: 1; estimated poses have baseline 1)."}),
                 "far": ("FLOAT", {"default": 100.0, "min": 1e-3, "max": 1e7, "step": 1.0,
                                   "tooltip": "method mvsplat: farthest depth (RealEstate10K model: 100)."}),
+                "depth": ("IMAGE", {"tooltip": "method depth: a depth map per view (batch of 2, A first; channel 0) "
+                                               "of any scale, e.g. from a depth estimator; the scale is fitted to "
+                                               "the cameras photometrically. Not needed with cameras_from = da3."}),
+                "confidence": ("MASK", {"tooltip": "method depth: per-view confidence in 0..1 (batch of 2); pixels "
+                                                   "below min_confidence are dropped, the rest fade with it."}),
+                "depth_encoding": (["depth", "inverse"], {
+                    "default": "depth",
+                    "tooltip": "method depth, depth input: depth = larger is farther (e.g. DA3 raw depth); "
+                               "inverse = near is bright (disparity-like depth images)."}),
+                "min_confidence": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 1.0, "step": 0.01,
+                                             "tooltip": "method depth: drop pixels below this confidence (DA3's "
+                                                        "is normalised per view to 0..1, like core's "
+                                                        "confidence_threshold)."}),
             },
         }
 
     def run(self, views, method, frames, path, easing, num_depths, background, via_camera=None,
-            mvsplat_weights="none", mvsplat_size=256, mvsplat_fit="crop", near=1.0, far=100.0):
+            mvsplat_weights="none", mvsplat_size=256, mvsplat_fit="crop", near=1.0, far=100.0, depth=None,
+            confidence=None, depth_encoding="depth", min_confidence=0.1):
         from vscene_engine.camera_formats import from_load3d
         from vscene_engine.cameras import Cameras
         from vscene_engine.pipeline import coarse_video, make_path
@@ -173,6 +206,8 @@ class CoarseSplatPrior:
             managed = _mvsplat_model(host.model_path("mvsplat", mvsplat_weights))
             kw = {"mvsplat": managed.load_to_gpu(), "mvsplat_size": int(mvsplat_size), "mvsplat_fit": mvsplat_fit,
                   "near": float(near), "far": float(far)}
+        elif method == "depth":
+            kw = _depth_prior_kwargs(views, depth, confidence, depth_encoding, min_confidence)
         bar = host.progress(len(traj), "coarse prior video")
         try:
             res = coarse_video(views, traj, method=method, background=bg, prior_kwargs=kw,
@@ -182,6 +217,22 @@ class CoarseSplatPrior:
             if managed is not None:
                 managed.offload()
         return (host.scene_to_splat(res.scene), res.frames.float().cpu(), res.coverage.float().cpu(), traj)
+
+
+def _depth_prior_kwargs(views, depth, confidence, encoding, min_confidence) -> dict:
+    """coarse_prior kwargs of method depth: the depth input (scale fitted) or else the views' own (DA3) depth."""
+    from vscene_engine.depth_prior import depth_from_image, maps_to_views
+
+    kw = {"min_confidence": float(min_confidence)}
+    if depth is not None:
+        kw.update(depth=maps_to_views(views, depth_from_image(depth, encoding), "depth"), align_depth_scale=True)
+    elif views.depth is None:
+        raise ValueError("method depth needs depth maps: set LoadViewPair's cameras_from to da3 (with 'Run Depth "
+                         "Anything 3' connected) or connect a depth image (batch of 2) to the depth input")
+    if confidence is not None:
+        kw["confidence"] = maps_to_views(views, confidence.detach().float().cpu().reshape(
+            -1, *confidence.shape[-2:]), "confidence").clamp(0, 1)
+    return kw
 
 
 def _mvsplat_files() -> list:

@@ -2,8 +2,9 @@
 
 1. :func:`make_path` — the camera path between the two views (VideoScene's 49-frame interpolation with cosine
    easing by default; also straight SE(3), an orbit, or keyframes such as Load3D cameras).
-2. :func:`coarse_video` — the coarse 3DGS prior from the two views (stereo, :mod:`vscene_engine.prior`) rendered
-   along the path: the video the one-step student later refines.
+2. :func:`coarse_video` — the coarse 3DGS prior from the two views (stereo, MVSplat, or depth maps such as Depth
+   Anything 3's carried by the views; :mod:`vscene_engine.prior`) rendered along the path: the video the one-step
+   student later refines.
 3. :func:`reconstruct` — fit a Gaussian scene to frames with known cameras (the path frames plus the two real
    views, which are weighted by repetition), initialised from a scene or at random; L1 + D-SSIM, densify/prune.
 
@@ -72,8 +73,10 @@ def coarse_video(views: ViewPair, path: Cameras, *, method: str = "stereo", back
 
     if (path.width, path.height) != (views.width, views.height):
         raise ValueError(f"path cameras are {path.width}x{path.height} but the views are {views.width}x{views.height}")
-    prior = coarse_prior(views.images, views.cameras, method=method, check_interrupt=check_interrupt,
-                         **(prior_kwargs or {}))
+    kw = dict(prior_kwargs or {})
+    if method == "depth" and kw.get("depth") is None:  # the views' own depth (e.g. Depth Anything 3's)
+        kw.update(depth=views.depth, confidence=views.confidence if kw.get("confidence") is None else kw["confidence"])
+    prior = coarse_prior(views.images, views.cameras, method=method, check_interrupt=check_interrupt, **kw)
     frames, cover = [], []
     with torch.no_grad():
         for i in range(len(path)):

@@ -29,6 +29,9 @@ from the user's official ``re10k.ckpt`` or its converted ``.safetensors``) with 
 (256 x 256 centre crops, normalized intrinsics kept right through the resize and crop, near 1 / far 100 for
 RealEstate10K; :func:`vscene_engine.mvsplat.prior.mvsplat_prior`). Its depth / confidence / valid maps are at the
 network resolution (``info["size"]``): confidence = the predicted opacity, every pixel valid.
+``method="depth"``: per-pixel Gaussians from given depth maps + confidence (Depth Anything 3's, carried by the
+ViewPair, or any depth map), :func:`vscene_engine.depth_prior.depth_prior` (``depth``, ``confidence``,
+``min_confidence``, ``align_depth_scale``).
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ from .synthetic import depth_to_gaussians
 
 __all__ = ["coarse_prior", "PriorResult", "render_trajectory", "fill_depth_holes", "PRIOR_METHODS"]
 
-PRIOR_METHODS = ("stereo", "mvsplat")
+PRIOR_METHODS = ("stereo", "mvsplat", "depth")
 
 
 @dataclass
@@ -92,6 +95,10 @@ def coarse_prior(
     far: float = 100.0,
     progress: Optional[Callable] = None,
     check_interrupt: Optional[Callable] = None,
+    depth: Optional[Tensor] = None,
+    confidence: Optional[Tensor] = None,
+    align_depth_scale: bool = False,
+    edge_snap: float = 0.1,
 ) -> PriorResult:
     """Pixel-aligned Gaussian scene from two posed photos (see the module docstring).
 
@@ -116,6 +123,11 @@ def coarse_prior(
             The stereo-only options (opacity, confidence, scale, fill) do not apply to MVSplat.
         progress: ``progress(done, total)`` forwarded to the stereo step.
         check_interrupt: callable raising to abort; forwarded to the stereo step.
+        depth, confidence, align_depth_scale: method "depth": ``[2,H,W]`` view-z depth in the cameras' units (0 = no
+            data), ``[2,H,W]`` confidence in 0..1 (None: all 1; pixels below ``min_confidence`` are dropped), and
+            whether to fit a per-view depth scale photometrically (for depth of unknown scale); ``edge_snap``:
+            relative 3x3 depth spread above which a pixel snaps to the nearer side of the edge (0 = off). ``opacity``,
+            ``opacity_from_confidence``, ``scale_mult``, ``thickness``, ``sh_degree`` apply as for stereo.
 
     Returns:
         :class:`PriorResult`.
@@ -129,6 +141,16 @@ def coarse_prior(
         raise ValueError(f"coarse_prior: unknown method {method!r}; use one of {', '.join(PRIOR_METHODS)}")
     if method == "mvsplat":
         return _mvsplat(images, cams, mvsplat, mvsplat_size, mvsplat_fit, near, far, check_interrupt, t0)
+    if method == "depth":
+        from .depth_prior import depth_prior
+
+        if depth is None:
+            raise ValueError("coarse_prior: method 'depth' needs depth maps: Depth Anything 3's (LoadViewPair with "
+                             "cameras_from = da3) or a depth image; without them use method 'stereo'")
+        return depth_prior(images, cams, depth, confidence, min_confidence=min_confidence, opacity=opacity,
+                           opacity_from_confidence=opacity_from_confidence, scale_mult=scale_mult,
+                           thickness=thickness, sh_degree=sh_degree, align_scale=align_depth_scale,
+                           edge_snap=edge_snap, check_interrupt=check_interrupt)
     if not 0 < float(opacity) <= 1:
         raise ValueError(f"coarse_prior: opacity must be in (0, 1], got {opacity}")
     if not float(scale_mult) > 0 or not float(thickness) > 0:

@@ -9,6 +9,10 @@ white)}; the two may differ in size. Cameras (OpenCV camera-to-world, +x right, 
   :func:`~vscene_engine.camera_formats.load_cameras` reads (path, JSON text, parsed JSON, LOAD3D_CAMERA dicts).
   A camera's image size may differ from its photo only by a uniform scale (same aspect within 1%); K is rescaled.
 
+Optionally per-view ``depth`` (view z, in the cameras' world units) and ``confidence`` (0..1) maps at the photos' sizes
+(e.g. Depth Anything 3's, :mod:`vscene_engine.da3`) travel with the pair: they are cropped/resized with the same box
+as their photo (area average when shrinking, bilinear when growing; padding gets depth 0 = no data, confidence 0).
+
 Both views are then brought to one output size with a resize policy that keeps K consistent with the pixels
 (``Cameras.fit``): the output aspect is image A's, the longer side ``size`` pixels rounded to a multiple of 8
 (video codecs and latent grids want that); view B is centre-cropped ("crop"), letterboxed ("pad") or stretched
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -31,7 +36,9 @@ MIN_SIDE = 64
 @dataclass
 class ViewPair:
     """images [2,H,W,3] float 0..1; cameras: Cameras (2, H x W); near/far: scene depth range (world units);
-    scale: world units per unit of the pair's baseline (1.0 for estimated poses); provenance: how it was made."""
+    scale: world units per unit of the pair's baseline (1.0 for estimated poses); provenance: how it was made;
+    depth / confidence: optional [2,H,W] per-view depth (view z, world units; 0 = no data) and confidence (0..1)
+    at the working size, e.g. from Depth Anything 3."""
 
     images: torch.Tensor
     cameras: Cameras
@@ -39,6 +46,8 @@ class ViewPair:
     far: float
     scale: float = 1.0
     provenance: dict = field(default_factory=dict)
+    depth: Optional[torch.Tensor] = None
+    confidence: Optional[torch.Tensor] = None
 
     @property
     def width(self) -> int:
@@ -112,8 +121,10 @@ def _cams_for_image(cams: Cameras, i: int, w: int, h: int, name: str) -> Cameras
 
 def make_view_pair(img_a: torch.Tensor, img_b: torch.Tensor, cameras=None, *, fov_deg: float = 60.0,
                    fov_axis: str = "horizontal", size: int = 512, resize: str = "crop", near=None, far=None,
-                   pose_kwargs: dict | None = None) -> ViewPair:
-    """Build a :class:`ViewPair` (see the module docstring). ``near``/``far`` override the depth range."""
+                   pose_kwargs: dict | None = None, depth=None, confidence=None) -> ViewPair:
+    """Build a :class:`ViewPair` (see the module docstring). ``near``/``far`` override the depth range.
+    ``depth`` / ``confidence``: optional pair of per-view maps ``[H_i,W_i]`` at the photos' sizes (or a ``[2,H,W]``
+    tensor when both photos have one size), carried into :attr:`ViewPair.depth` / :attr:`ViewPair.confidence`."""
     a = prepare_image(img_a, "image A")
     b = prepare_image(img_b, "image B")
     (ha, wa), (hb, wb) = a.shape[:2], b.shape[:2]
@@ -169,4 +180,18 @@ def make_view_pair(img_a: torch.Tensor, img_b: torch.Tensor, cameras=None, *, fo
     cams_out = Cameras(torch.cat([ca.c2w, cb.c2w]), torch.cat([ca.K, cb.K]), W, H,
                        torch.tensor([n0, n0]), torch.tensor([f0, f0]), ["view_a", "view_b"])
     prov.update(output_size=[W, H], boxes=[list(box_a), list(box_b)])
-    return ViewPair(images=images, cameras=cams_out, near=n0, far=f0, scale=scale, provenance=prov)
+    maps = {}
+    for key, m in (("depth", depth), ("confidence", confidence)):
+        if m is not None:
+            maps[key] = torch.stack([_fit_map(m[i], box, W, H, (hw[0], hw[1]), f"{key} of view {'AB'[i]}")
+                                     for i, (box, hw) in enumerate(((box_a, (ha, wa)), (box_b, (hb, wb))))])
+    return ViewPair(images=images, cameras=cams_out, near=n0, far=f0, scale=scale, provenance=prov, **maps)
+
+
+def _fit_map(m: torch.Tensor, box, width: int, height: int, hw: tuple[int, int], name: str) -> torch.Tensor:
+    """A per-view map [h,w] at its photo's size -> [height,width] with the photo's box (non-finite -> 0)."""
+    if not isinstance(m, torch.Tensor) or m.dim() != 2 or tuple(m.shape) != tuple(hw):
+        shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+        raise ValueError(f"{name}: expected a [H,W] map of the photo's size {hw[1]}x{hw[0]}, got {shape}")
+    m = torch.nan_to_num(m.detach().to(torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return apply_box(m[..., None], box, width, height, pad_value=0.0)[..., 0]
