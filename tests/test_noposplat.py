@@ -206,3 +206,140 @@ def test_load_errors_name_the_file(tiny_net, tmp_path):
     trunc.write_bytes((tmp_path / "broken.ckpt").read_bytes()[:1000])
     with pytest.raises(ValueError, match=r"trunc\.ckpt"):
         load_noposplat(trunc)
+
+
+# ------------------------------------------------------------------------------------------------ the prior
+
+def _rot(axis: str, deg: float) -> torch.Tensor:
+    a = math.radians(deg)
+    c, s = math.cos(a), math.sin(a)
+    m = {"x": [[1, 0, 0], [0, c, -s], [0, s, c]], "y": [[c, 0, s], [0, 1, 0], [-s, 0, c]],
+         "z": [[c, -s, 0], [s, c, 0], [0, 0, 1]]}[axis]
+    return torch.tensor(m, dtype=torch.float64)
+
+
+TRUE_B = torch.eye(4, dtype=torch.float64)
+TRUE_B[:3, :3] = _rot("y", -8.0) @ _rot("x", 3.0)
+TRUE_B[:3, 3] = torch.tensor([0.7, -0.05, 0.1])
+
+
+class GeometricNet(NoPoSplatNet):
+    """A NoPoSplatNet whose points are exact geometry: a wavy surface seen by camera A (identity) and camera B
+    (``TRUE_B``), each pixel's point unprojected with the intrinsics the prior passed in (pixel centres +0.5),
+    opacity 0.9. Records the intrinsics it received."""
+
+    def forward(self, images, intrinsics, global_step=0):
+        out = super().forward(images, intrinsics, global_step)
+        self.seen_K = intrinsics.detach().clone()
+        B, V, _, H, W = images.shape
+        ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                                indexing="ij")
+        pts = []
+        for v in range(2):
+            Kn = intrinsics[0, v].double()
+            u, w = (xs + 0.5) / W, (ys + 0.5) / H
+            rx, ry = (u - Kn[0, 2]) / Kn[0, 0], (w - Kn[1, 2]) / Kn[1, 1]
+            d = 4.0 + 0.8 * torch.sin(3 * u) * torch.cos(2 * w) + 0.5 * u
+            cam = torch.stack((rx * d, ry * d, d), -1)
+            c2w = torch.eye(4, dtype=torch.float64) if v == 0 else TRUE_B
+            pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+        points = torch.stack(pts)[None].to(images.dtype)
+        out["points"] = points
+        out["means"] = points.reshape(B, -1, 3)
+        out["opacity_map"] = torch.full_like(points[..., 0], 0.9)
+        out["opacities"] = out["opacity_map"].reshape(B, -1)
+        return out
+
+
+@pytest.fixture(scope="module")
+def geo_net():
+    torch.manual_seed(0)
+    return fill_weights(GeometricNet(NoPoSplatConfig.small(image_size=32))).eval()
+
+
+def _angle_deg(Ra, Rb):
+    c = ((Ra.T @ Rb).trace() - 1) / 2
+    return math.degrees(math.acos(max(-1.0, min(1.0, float(c)))))
+
+
+def test_prior_recovers_camera_b_by_pnp(geo_net):
+    from vscene_engine.noposplat.prior import noposplat_prior
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(72, 96, 3, generator=g), torch.rand(72, 96, 3, generator=g)
+    r = noposplat_prior(geo_net, a, b)
+    # default intrinsics: fx = fy = 0.8, centred, on the square crops
+    assert torch.allclose(geo_net.seen_K[0], torch.tensor([[0.8, 0, 0.5], [0, 0.8, 0.5], [0, 0, 1.0]]).expand(2, 3, 3))
+    c = r.cameras.c2w.double()
+    assert torch.allclose(c[0], torch.eye(4, dtype=torch.float64))
+    assert _angle_deg(c[1, :3, :3], TRUE_B[:3, :3]) < 0.05
+    t_true = TRUE_B[:3, 3] / TRUE_B[:3, 3].norm()
+    assert float(c[1, :3, 3].norm()) == pytest.approx(1.0, abs=1e-5)          # baseline normalised to 1
+    assert math.degrees(math.acos(min(1.0, float(c[1, :3, 3] @ t_true)))) < 0.1
+    assert r.info["baseline_network_units"] == pytest.approx(float(TRUE_B[:3, 3].norm()), rel=1e-3)
+    # the scene was scaled with the cameras: the points of A at depth ~4-5 now sit at ~depth / baseline
+    s = 1 / float(TRUE_B[:3, 3].norm())
+    assert float(r.depth[0].mean()) == pytest.approx(float(r.scene.means[:32 * 32, 2].mean()), rel=1e-5)
+    assert 4.0 * s * 0.8 < float(r.depth[0].mean()) < 5.5 * s
+    # cameras of the photos: 96x72 with the crop's K mapped back (crop 72x72 at x0 = 12)
+    ca = r.input_cameras[0]
+    assert (ca.width, ca.height) == (96, 72)
+    assert torch.allclose(ca.K[0], torch.tensor([[0.8 * 72, 0, 12 + 36], [0, 0.8 * 72, 36], [0, 0, 1.0]]))
+    assert r.info["pnp_inliers"] > 900 and not r.info["pnp_low_opacity_fallback"]
+
+
+def test_prior_uses_given_intrinsics(geo_net):
+    from vscene_engine.noposplat.prior import noposplat_prior
+    a = torch.rand(64, 80, 3)
+    K = torch.tensor([[70.0, 0, 41], [0, 68, 30], [0, 0, 1]])
+    r = noposplat_prior(geo_net, a, a.clone(), K=K)
+    # 64x80 photo -> centre square x0 = 8, side 64; normalised on the square
+    exp = torch.tensor([[70 / 64, 0, 33 / 64], [0, 68 / 64, 30 / 64], [0, 0, 1]])
+    assert torch.allclose(geo_net.seen_K[0, 0], exp, atol=1e-6)
+    assert torch.allclose(r.input_cameras[1].K[0], K, atol=1e-4)
+    assert _angle_deg(r.cameras.c2w[1, :3, :3].double(), TRUE_B[:3, :3]) < 0.05
+    with pytest.raises(ValueError, match="K must be"):
+        noposplat_prior(geo_net, a, a, K=torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="NoPoSplatNet"):
+        noposplat_prior(object(), a, a)
+
+
+def test_refinement_moves_towards_the_photo(geo_net):
+    """refine_pose on a rendered target: starting 2 degrees off, the pose error shrinks."""
+    from vscene_engine.gaussians import GaussianScene
+    from vscene_engine.noposplat.prior import refine_pose
+    from vscene_engine.cameras import Cameras
+    from vscene_engine.rasterize import render
+    g = torch.Generator().manual_seed(1)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 40), torch.linspace(-1, 1, 40), indexing="ij")
+    pts = torch.stack((xs.reshape(-1) * 2, ys.reshape(-1) * 2, 5 + 0.3 * torch.sin(3 * xs.reshape(-1))), -1)
+    scene = GaussianScene.from_points(pts, torch.rand(pts.shape[0], 3, generator=g), scale=0.06, opacity=0.9)
+    K = torch.tensor([[40.0, 0, 16], [0, 40, 16], [0, 0, 1]])
+    true = torch.eye(4)
+    target = render(scene, Cameras(true[None], K[None], 32, 32, 0.01, 100), backend="torch").rgb[0]
+    start = torch.eye(4, dtype=torch.float64)
+    start[:3, :3] = _rot("y", 2.0)
+    c2w, losses = refine_pose(scene, start, K, target, steps=40, lr=0.005)
+    assert _angle_deg(c2w[:3, :3], torch.eye(3, dtype=torch.float64)) < 0.5 * 2.0
+    assert losses[-1] < losses[0]
+
+
+def test_coarse_prior_noposplat(geo_net, tmp_path):
+    from vscene_engine.cameras import Cameras
+    from vscene_engine.prior import coarse_prior
+    imgs = torch.rand(2, 72, 96, 3)
+    K = torch.tensor([[80.0, 0, 48], [0, 80, 36], [0, 0, 1]])
+    given = Cameras(torch.eye(4).repeat(2, 1, 1), K, 96, 72, 0.1, 10.0)
+    res = coarse_prior(imgs, given, method="noposplat", noposplat=geo_net)
+    assert res.cameras is not None and len(res.cameras) == 2 and (res.cameras.width, res.cameras.height) == (96, 72)
+    assert torch.allclose(res.cameras.K, K.expand(2, 3, 3), atol=1e-4)            # given K used ("cameras")
+    assert _angle_deg(res.cameras.c2w[1, :3, :3].double(), TRUE_B[:3, :3]) < 0.05
+    assert res.scene.num_gaussians == 2 * 32 * 32 and res.depth.shape == (2, 32, 32)
+    res2 = coarse_prior(imgs, given, method="noposplat", noposplat=geo_net, noposplat_intrinsics="default")
+    assert res2.info["intrinsics"].startswith("default")
+    with pytest.raises(ValueError, match="needs the NoPoSplat weights"):
+        coarse_prior(imgs, given, method="noposplat")
+    # a weights file works too (loaded strictly)
+    st = tmp_path / "geo.safetensors"
+    save_noposplat(geo_net, st)
+    res3 = coarse_prior(imgs, given, method="noposplat", noposplat=str(st))
+    assert res3.scene.num_gaussians == 2 * 32 * 32
