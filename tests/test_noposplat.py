@@ -343,3 +343,75 @@ def test_coarse_prior_noposplat(geo_net, tmp_path):
     save_noposplat(geo_net, st)
     res3 = coarse_prior(imgs, given, method="noposplat", noposplat=str(st))
     assert res3.scene.num_gaussians == 2 * 32 * 32
+
+
+def test_coarse_splat_prior_node_noposplat(tiny_net, tmp_path, monkeypatch):
+    """The node in CI without ComfyUI (host fallback): method noposplat from models/noposplat, its cameras come out
+    as the new 'views' output and define the camera path; other methods pass the views through."""
+    import importlib
+
+    from test_host_fallback import PACK, _load_host
+    from vscene_engine.cameras import Cameras
+    from vscene_engine.views import ViewPair
+
+    host = _load_host()
+    pn = importlib.import_module(PACK + ".nodes.pipeline_nodes")
+    save_noposplat(tiny_net, tmp_path / "noposplat" / "tiny.safetensors")
+    monkeypatch.setenv("VSCENE_MODELS_DIR", str(tmp_path))
+    spec = pn.CoarseSplatPrior.INPUT_TYPES()
+    assert "noposplat" in spec["required"]["method"][0]
+    assert spec["optional"]["noposplat_weights"][0] == ["none", "tiny.safetensors"]
+    assert pn.CoarseSplatPrior.RETURN_TYPES[-1] == "VSCENE_VIEWS" and pn.CoarseSplatPrior.RETURN_NAMES[-1] == "views"
+    assert len(pn.CoarseSplatPrior.OUTPUT_TOOLTIPS) == len(pn.CoarseSplatPrior.RETURN_TYPES)
+    g = torch.Generator().manual_seed(5)
+    imgs = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 12, generator=g), size=(64, 96), mode="bilinear",
+                                           align_corners=False).permute(0, 2, 3, 1).contiguous()
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 0, 3] = 2.0
+    K = torch.tensor([[70.0, 0, 48], [0, 70, 32], [0, 0, 1]])
+    views = ViewPair(imgs, Cameras(c2w, K, 96, 64, 0.5, 50.0, ["view_a", "view_b"]), 0.5, 50.0, scale=2.0)
+    node = pn.CoarseSplatPrior()
+    with pytest.raises(ValueError, match="needs noposplat_weights"):
+        node.run(views, "noposplat", 3, "interpolate", "linear", 8, "#000000")
+    splat, frames, cover, traj, out_views = node.run(views, "noposplat", 3, "se3", "linear", 8, "#000000",
+                                                     noposplat_weights="tiny.safetensors")
+    assert frames.shape == (3, 64, 96, 3) and cover.shape == (3, 64, 96) and len(traj) == 3
+    assert len(host.splat_to_scenes(splat)[0]) == 2 * 32 * 32
+    c = out_views.cameras
+    assert (c.width, c.height) == (96, 64) and torch.equal(out_views.images, views.images)
+    assert torch.allclose(c.c2w[0], torch.eye(4), atol=1e-6)                      # camera A = identity
+    assert float(c.c2w[1, :3, 3].norm()) == pytest.approx(1.0, abs=1e-4)          # baseline 1
+    assert torch.allclose(c.K, K.expand(2, 3, 3), atol=1e-3)                        # the views' K was used
+    assert out_views.scale == 1.0 and out_views.provenance["cameras"] == "noposplat"
+    assert not torch.allclose(views.cameras.c2w[1], c.c2w[1])                      # the input is not modified
+    # the path runs from NoPoSplat's camera A to its camera B
+    assert torch.allclose(traj.c2w[0], c.c2w[0], atol=1e-5) and torch.allclose(traj.c2w[-1], c.c2w[1], atol=1e-4)
+    out = node.run(views, "stereo", 3, "se3", "linear", 8, "#000000")
+    assert out[4] is views
+
+
+def test_cli_prior_noposplat(tiny_net, tmp_path):
+    """`prior --noposplat WEIGHTS`: no feature matching (two unrelated noise photos would be refused by it), the
+    cameras NoPoSplat found are written (A = identity, baseline 1, the demo's fx = 0.8 of the square crop)."""
+    from vscene_engine.camera_formats import load_cameras
+    from vscene_engine.cli import main
+    from vscene_engine.imageio import save_image
+
+    g = torch.Generator().manual_seed(2)
+    for n in ("a", "b"):
+        save_image(torch.rand(72, 96, 3, generator=g), tmp_path / f"{n}.png")
+    save_noposplat(tiny_net, tmp_path / "tiny.safetensors")
+    out = tmp_path / "out"
+    rc = main(["prior", "--image-a", str(tmp_path / "a.png"), "--image-b", str(tmp_path / "b.png"), "--noposplat",
+               str(tmp_path / "tiny.safetensors"), "--frames", "3", "--size", "96", "--out", str(out)])
+    assert rc == 0
+    cams = load_cameras(out / "cameras.json")
+    assert torch.allclose(cams.c2w[0], torch.eye(4), atol=1e-5)
+    assert float(cams.c2w[1, :3, 3].norm()) == pytest.approx(1.0, abs=1e-4)
+    assert float(cams.K[0, 0, 0]) == pytest.approx(0.8 * 72, rel=1e-4)
+    report = json.loads((out / "prior_report.json").read_text())
+    assert report["views"]["cameras"] == "noposplat"
+    bad = tmp_path / "bad"
+    assert main(["prior", "--image-a", str(tmp_path / "a.png"), "--image-b", str(tmp_path / "b.png"), "--noposplat",
+                 str(tmp_path / "absent.ckpt"), "--frames", "3", "--out", str(bad)]) == 2
+    assert not bad.exists()
