@@ -318,7 +318,8 @@ def test_refinement_moves_towards_the_photo(geo_net):
     target = render(scene, Cameras(true[None], K[None], 32, 32, 0.01, 100), backend="torch").rgb[0]
     start = torch.eye(4, dtype=torch.float64)
     start[:3, :3] = _rot("y", 2.0)
-    c2w, losses = refine_pose(scene, start, K, target, steps=40, lr=0.005)
+    with torch.inference_mode():                  # as inside ComfyUI: the refinement must leave inference mode
+        c2w, losses = refine_pose(scene.clone(), start.clone(), K.clone(), target.clone(), steps=40, lr=0.005)
     assert _angle_deg(c2w[:3, :3], torch.eye(3, dtype=torch.float64)) < 0.5 * 2.0
     assert losses[-1] < losses[0]
 
@@ -415,3 +416,15 @@ def test_cli_prior_noposplat(tiny_net, tmp_path):
     assert main(["prior", "--image-a", str(tmp_path / "a.png"), "--image-b", str(tmp_path / "b.png"), "--noposplat",
                  str(tmp_path / "absent.ckpt"), "--frames", "3", "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_prior_refinement_keeps_camera_a_at_the_origin(geo_net):
+    """refine_steps > 0 refines B and (as VideoScene's demo) A, then re-expresses the world in A's frame."""
+    from vscene_engine.noposplat.prior import noposplat_prior
+    a = torch.rand(64, 64, 3)
+    r = noposplat_prior(geo_net, a, a.clone(), refine_steps=2)
+    assert torch.allclose(r.cameras.c2w[0], torch.eye(4), atol=1e-6)
+    assert float(r.cameras.c2w[1, :3, 3].norm()) == pytest.approx(1.0, abs=1e-5)
+    assert r.info["refine_steps"] == 2 and len(r.info["refine_loss"]) == 2 and len(r.info["refine_loss_a"]) == 2
+    # the depth maps are still each view's z of its own Gaussians (consistent with the re-expressed scene)
+    assert float(r.depth[0].mean()) == pytest.approx(float(r.scene.means[:32 * 32, 2].mean()), rel=1e-4)

@@ -5,7 +5,9 @@ Entry point: :func:`noposplat_prior` ``(net, img_a, img_b, K=None) -> NoPoSplatP
 Conventions reproduced from the official release (cvg/NoPoSplat; VideoScene's demo feeds it the same way):
 
 * each photo is centre-cropped to a square (side = its short side) and resized to the model's training size
-  (``net.cfg.image_size``: 256, or 512 for mixRe10kDl3dv_512x512); colours 0..1 (normalised inside the network);
+  (``net.cfg.image_size``: 256, or 512 for mixRe10kDl3dv_512x512), with antialiasing when shrinking (the training
+  data were resized with PIL Lanczos; the demo's plain bilinear resize aliases); colours 0..1 (normalised inside
+  the network);
 * intrinsics are NORMALISED on that square (row 0 / width, row 1 / height). ``K=None``: the demo's default
   ``fx = fy = 0.8``, ``cx = cy = 0.5`` for both views; otherwise the given pixel intrinsics of the photos (e.g. our
   estimate) follow the crop and resize exactly;
@@ -13,10 +15,14 @@ Conventions reproduced from the official release (cvg/NoPoSplat; VideoScene's de
   release's pose evaluation (src/misc/cam_utils.py ``get_pnp_pose``): PnP-RANSAC (OpenCV SQPnP, 100 iterations,
   5 px reprojection threshold) from view B's Gaussian centres (opacity > 0.3) to B's pixels. One deliberate
   difference: pixel centres are at +0.5 (the network's own ray grid), where the release passes integer pixel indices;
-* optional photometric refinement (``refine_steps > 0``; the release runs 200 Adam steps, lr 0.005 on an se(3)
-  update of B's world-to-camera, src/evaluation/pose_evaluator.py): the Gaussians are rendered at camera B with
-  :func:`vscene_engine.rasterize.render` and compared with photo B by MSE + (1 - SSIM). The release's loss also has
-  an LPIPS term, omitted here (it needs VGG weights, which this project never downloads);
+* optional photometric refinement (``refine_steps > 0``; the release's pose evaluation and VideoScene's demo run 200
+  Adam steps, lr 0.005, on an se(3) update of the world-to-camera, src/evaluation/pose_evaluator.py and VideoScene's
+  noposplat ``ModelWrapper.predict``): the Gaussians are rendered at the camera with
+  :func:`vscene_engine.rasterize.render` and compared with the photo by MSE + (1 - SSIM). The demo refines camera B
+  and camera A (from its own PnP); here camera A starts at the identity (the network predicts in its frame) and is
+  refined too (``refine_a``), then the world is re-expressed in its frame. The release's loss also has an LPIPS
+  term, omitted here (it needs VGG weights, which this project never downloads), and its SSIM term is the structure
+  component only, here the full SSIM;
 * finally the scene and the cameras are scaled so that the baseline |C_B - C_A| is 1, like the project's estimated
   poses (:mod:`vscene_engine.pose`, :mod:`vscene_engine.views`).
 
@@ -181,30 +187,32 @@ def refine_pose(scene: GaussianScene, c2w: torch.Tensor, K_pix: torch.Tensor, ta
     from ..losses import ssim
     from ..rasterize import render
 
-    S_h, S_w = target.shape[:2]
-    dev = scene.means.device
-    sc = scene.detach().to(dtype=torch.float32)
-    tgt = target.to(device=dev, dtype=torch.float32)
-    w2c = torch.linalg.inv(c2w.double()).to(dev)
-    xi = torch.zeros(6, dtype=torch.float64, device=dev, requires_grad=True)
-    opt = torch.optim.Adam([xi], lr=float(lr))
-    K32 = K_pix.to(device=dev, dtype=torch.float32)
-    losses = []
-    for _ in range(int(steps)):
-        if check_interrupt is not None:
-            check_interrupt()
-        opt.zero_grad()
-        pose = torch.linalg.inv(_se3_exp(xi) @ w2c).float()
-        cam = Cameras(pose[None], K32[None], S_w, S_h, 0.01, 1e4)
-        out = render(sc, cam, backend="torch").rgb[0]
-        loss = F.mse_loss(out, tgt) + (1 - ssim(out[None], tgt[None]))
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            w2c = _se3_exp(xi.detach()) @ w2c
-            xi.zero_()
-        losses.append(float(loss.detach()))
-    return torch.linalg.inv(w2c).cpu(), losses
+    # ComfyUI runs nodes under torch.inference_mode(): leave it and work on ordinary copies of the inputs
+    with torch.inference_mode(False), torch.enable_grad():
+        S_h, S_w = target.shape[:2]
+        dev = scene.means.device
+        sc = scene.detach().to(dtype=torch.float32).clone()
+        tgt = target.detach().to(device=dev, dtype=torch.float32).clone()
+        w2c = torch.linalg.inv(c2w.detach().double().clone()).to(dev)
+        xi = torch.zeros(6, dtype=torch.float64, device=dev, requires_grad=True)
+        opt = torch.optim.Adam([xi], lr=float(lr))
+        K32 = K_pix.detach().to(device=dev, dtype=torch.float32).clone()
+        losses = []
+        for _ in range(int(steps)):
+            if check_interrupt is not None:
+                check_interrupt()
+            opt.zero_grad()
+            pose = torch.linalg.inv(_se3_exp(xi) @ w2c).float()
+            cam = Cameras(pose[None], K32[None], S_w, S_h, 0.01, 1e4)
+            out = render(sc, cam, backend="torch").rgb[0]
+            loss = F.mse_loss(out, tgt) + (1 - ssim(out[None], tgt[None]))
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                w2c = _se3_exp(xi.detach()) @ w2c
+                xi.zero_()
+            losses.append(float(loss.detach()))
+    return torch.linalg.inv(w2c.detach()).cpu(), losses
 
 
 def _as_photo(img, name):
@@ -213,15 +221,17 @@ def _as_photo(img, name):
 
 
 def noposplat_prior(net: NoPoSplatNet, img_a: torch.Tensor, img_b: torch.Tensor, K=None, *,
-                    refine_steps: int = 0, refine_lr: float = 0.005, opacity_threshold: float = 0.3,
-                    check_interrupt=None) -> NoPoSplatPrior:
+                    refine_steps: int = 0, refine_lr: float = 0.005, refine_a: bool = True,
+                    opacity_threshold: float = 0.3, check_interrupt=None) -> NoPoSplatPrior:
     """Run NoPoSplat on two unposed photos (module docstring for the conventions).
 
     net: a :class:`NoPoSplatNet` (e.g. from :func:`vscene_engine.noposplat.load_noposplat`); its device and dtype
     are used. img_a, img_b: ``[H, W, C]`` or ``[1, H, W, C]`` float 0..1 (C = 1, 3 or 4; sizes may differ).
     K: None (fx = fy = 0.8 normalised on the square crops), a ``[3, 3]`` pixel K shared by both photos (same size
     only), ``[2, 3, 3]`` one per photo, or a :class:`Cameras` with 2 cameras of the photos (its K is used, its poses
-    are not). refine_steps: photometric refinement steps of camera B (0 = PnP only; the release uses 200).
+    are not). refine_steps: photometric refinement steps (0 = PnP only; the release uses 200) of camera B and, with
+    ``refine_a`` (default, as VideoScene's demo), of camera A too, after which the world is re-expressed in the
+    refined camera A's frame (A stays the identity).
     Returns :class:`NoPoSplatPrior`; raises ValueError (bad input) or :class:`NoPoSplatPoseError`.
     """
     t0 = time.perf_counter()
@@ -268,10 +278,19 @@ def noposplat_prior(net: NoPoSplatNet, img_a: torch.Tensor, img_b: torch.Tensor,
     Kpix[:, :2] *= S
     c2w_b, pinfo = pnp_pose(points[1], opac[1], Kpix[1], opacity_threshold)
     scene = to_gaussian_scene(out, 0).to(device="cpu")
-    losses = []
+    losses, losses_a = [], []
     if refine_steps and int(refine_steps) > 0:
-        c2w_b, losses = refine_pose(scene, c2w_b, Kpix[1], torch.stack(crops)[1].permute(1, 2, 0), int(refine_steps),
-                                    refine_lr, check_interrupt)
+        target = torch.stack(crops).permute(0, 2, 3, 1)
+        c2w_b, losses = refine_pose(scene, c2w_b, Kpix[1], target[1], int(refine_steps), refine_lr, check_interrupt)
+        if refine_a:
+            # as VideoScene's demo: camera A is aligned to photo A as well; the world is then re-expressed in the
+            # refined camera A's frame, so A stays the identity
+            c2w_a, losses_a = refine_pose(scene, torch.eye(4, dtype=torch.float64), Kpix[0], target[0],
+                                          int(refine_steps), refine_lr, check_interrupt)
+            to_a = torch.linalg.inv(c2w_a)
+            scene = scene.transformed(R=to_a[:3, :3].float(), t=to_a[:3, 3].float())
+            points = points @ to_a[:3, :3].float().T + to_a[:3, 3].float()
+            c2w_b = to_a @ c2w_b
     base = float(c2w_b[:3, 3].norm())
     extent = float(points[0].reshape(-1, 3)[:, 2].abs().median())
     if not math.isfinite(base) or base <= 1e-6 * max(extent, 1e-12):
@@ -307,6 +326,7 @@ def noposplat_prior(net: NoPoSplatNet, img_a: torch.Tensor, img_b: torch.Tensor,
     info = {"method": "noposplat", "image_size": S, "crop_boxes": [list(b) for b in boxes], "intrinsics": k_source,
             "focal_normalised": [float(Kn[0, 0, 0]), float(Kn[1, 0, 0])], **pinfo,
             "refine_steps": int(refine_steps or 0), "refine_loss": [losses[0], losses[-1]] if losses else None,
+            "refine_loss_a": [losses_a[0], losses_a[-1]] if losses_a else None,
             "baseline_network_units": base, "near": near, "far": far, "n_gaussians": [S * S, S * S],
             "sh_degree": net.cfg.sh_degree, "time_s": time.perf_counter() - t0}
     return NoPoSplatPrior(scene, cams, input_cams, depth, opac, torch.stack(crops).permute(0, 2, 3, 1), info)
