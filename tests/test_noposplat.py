@@ -428,3 +428,15 @@ def test_prior_refinement_keeps_camera_a_at_the_origin(geo_net):
     assert r.info["refine_steps"] == 2 and len(r.info["refine_loss"]) == 2 and len(r.info["refine_loss_a"]) == 2
     # the depth maps are still each view's z of its own Gaussians (consistent with the re-expressed scene)
     assert float(r.depth[0].mean()) == pytest.approx(float(r.scene.means[:32 * 32, 2].mean()), rel=1e-4)
+
+
+def test_refinement_stops_when_nothing_is_in_view():
+    from vscene_engine.gaussians import GaussianScene
+    from vscene_engine.noposplat.prior import refine_pose
+    pts = torch.tensor([[0.0, 0.0, -5.0], [0.1, 0.0, -4.0]])                    # behind the camera
+    scene = GaussianScene.from_points(pts, torch.rand(2, 3), scale=0.1, opacity=0.9)
+    K = torch.tensor([[40.0, 0, 16], [0, 40, 16], [0, 0, 1]])
+    start = torch.eye(4, dtype=torch.float64)
+    with torch.inference_mode():
+        c2w, losses = refine_pose(scene, start, K, torch.rand(32, 32, 3), steps=5)
+    assert losses == [] and torch.equal(c2w, start)

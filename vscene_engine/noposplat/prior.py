@@ -182,7 +182,8 @@ def refine_pose(scene: GaussianScene, c2w: torch.Tensor, K_pix: torch.Tensor, ta
     scene: Gaussians in the world frame; c2w ``[4, 4]`` start pose; K_pix ``[3, 3]`` for ``target [S, S, 3]``.
     Each step renders the scene at the camera, takes MSE + (1 - SSIM) against ``target``, and applies an Adam step
     to a left se(3) update of the world-to-camera (then folded into the pose and reset, as the release does).
-    Returns (c2w ``[4, 4]`` float64, losses per step).
+    Returns (c2w ``[4, 4]`` float64, losses per step); stops early, keeping the pose, when no Gaussian is in view
+    (the render does not depend on the pose).
     """
     from ..losses import ssim
     from ..rasterize import render
@@ -206,6 +207,8 @@ def refine_pose(scene: GaussianScene, c2w: torch.Tensor, K_pix: torch.Tensor, ta
             cam = Cameras(pose[None], K32[None], S_w, S_h, 0.01, 1e4)
             out = render(sc, cam, backend="torch").rgb[0]
             loss = F.mse_loss(out, tgt) + (1 - ssim(out[None], tgt[None]))
+            if not loss.requires_grad:      # no Gaussian in view: nothing to align, keep the pose
+                break
             loss.backward()
             opt.step()
             with torch.no_grad():
@@ -327,6 +330,7 @@ def noposplat_prior(net: NoPoSplatNet, img_a: torch.Tensor, img_b: torch.Tensor,
             "focal_normalised": [float(Kn[0, 0, 0]), float(Kn[1, 0, 0])], **pinfo,
             "refine_steps": int(refine_steps or 0), "refine_loss": [losses[0], losses[-1]] if losses else None,
             "refine_loss_a": [losses_a[0], losses_a[-1]] if losses_a else None,
+            "refine_steps_done": [len(losses), len(losses_a)],
             "baseline_network_units": base, "near": near, "far": far, "n_gaussians": [S * S, S * S],
             "sh_degree": net.cfg.sh_degree, "time_s": time.perf_counter() - t0}
     return NoPoSplatPrior(scene, cams, input_cams, depth, opac, torch.stack(crops).permute(0, 2, 3, 1), info)
