@@ -128,13 +128,15 @@ def test_configs_and_validation():
         NoPoSplatConfig(dec_num_heads=7)
     with torch.device("meta"):
         small = NoPoSplatNet(NoPoSplatConfig.small())
+        tiny = NoPoSplatNet(NoPoSplatConfig.tiny())
     assert NoPoSplatConfig.from_state_dict(small.state_dict(), image_size=64) == NoPoSplatConfig.small()
+    assert NoPoSplatConfig.from_state_dict(tiny.state_dict(), image_size=32) == NoPoSplatConfig.tiny()
 
 
 @pytest.fixture(scope="module")
 def tiny_net():
     torch.manual_seed(0)
-    return fill_weights(NoPoSplatNet(NoPoSplatConfig.small(image_size=32))).eval()
+    return fill_weights(NoPoSplatNet(NoPoSplatConfig.tiny(image_size=32))).eval()
 
 
 def test_forward_shapes_and_input_checks(tiny_net):
@@ -254,7 +256,7 @@ class GeometricNet(NoPoSplatNet):
 @pytest.fixture(scope="module")
 def geo_net():
     torch.manual_seed(0)
-    return fill_weights(GeometricNet(NoPoSplatConfig.small(image_size=32))).eval()
+    return fill_weights(GeometricNet(NoPoSplatConfig.tiny(image_size=32))).eval()
 
 
 def _angle_deg(Ra, Rb):

@@ -22,7 +22,8 @@ visible in the weights: a 512 model must be configured with ``image_size=512`` (
 
 Several sizes are hard-coded in the official code and therefore fixed here too (``intrinsics_embed_dim`` = 1024, the
 DPT ``feature_dim`` = 256 and ``layer_dims``), and the official DPT head factory requires ``dec_depth > 9``. The
-``small`` config keeps those and shrinks the rest (1 encoder block, a 128-wide decoder); it exists for tests.
+``small`` config keeps those and shrinks the rest (1 encoder block, a 128-wide decoder); it exists for the parity
+test. ``tiny`` also shrinks the hard-coded sizes (fast tests of loading and the prior only).
 """
 
 from __future__ import annotations
@@ -106,6 +107,13 @@ class NoPoSplatConfig:
         """A small test config that keeps every code path of the release (and the official hard-coded sizes)."""
         return cls(enc_depth=1, enc_num_heads=16, dec_embed_dim=128, dec_depth=10, dec_num_heads=2,
                    image_size=image_size)
+
+    @classmethod
+    def tiny(cls, image_size: int = 32) -> "NoPoSplatConfig":
+        """A very small config for fast tests of loading and the prior: every module of the release, but 64-wide
+        tokens and a narrow DPT (so NOT the official hard-coded head sizes; parity is tested with :meth:`small`)."""
+        return cls(enc_embed_dim=64, enc_depth=1, enc_num_heads=1, dec_embed_dim=64, dec_depth=10, dec_num_heads=1,
+                   intrinsics_embed_dim=64, dpt_feature_dim=32, dpt_layer_dims=(8, 16, 32, 64), image_size=image_size)
 
     def replace(self, **kw) -> "NoPoSplatConfig":
         return replace(self, **kw)
