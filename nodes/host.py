@@ -15,8 +15,7 @@ Public API (shapes in the docstrings):
 * ManagedPlacer(modules, mode, extra_memory): a vscene_engine Placer over ManagedModules (default/offload/sequential)
 * register_model_folder(name, subdir, extensions, kind="files"), model_dirs(name), list_models(name),
   model_path(name, filename); folders "videoscene", "CogVideo" (diffusers folders), "mvsplat", "noposplat" are
-  registered
-  at import time
+  registered at import time
 * output_dir(), output_path(subfolder, filename_prefix, ext), output_ui_entry(path), atomic_path(path),
   atomic_write_bytes(path, data)
 * scene_to_splat(scene_or_list), splat_to_scenes(splat), SPLAT_CLASS, LocalSPLAT

@@ -21,6 +21,7 @@ Parameter names equal the official ``EncoderNoPoSplat.state_dict()``. Inference 
 from .config import RELEASE_FILES, NoPoSplatConfig
 from .load import guess_image_size, load_noposplat, save_noposplat
 from .model import NoPoSplatNet, to_gaussian_scene
+from .prior import NoPoSplatPoseError, NoPoSplatPrior, noposplat_prior
 
 __all__ = ["NoPoSplatConfig", "NoPoSplatNet", "RELEASE_FILES", "load_noposplat", "save_noposplat",
-           "guess_image_size", "to_gaussian_scene"]
+           "guess_image_size", "to_gaussian_scene", "noposplat_prior", "NoPoSplatPrior", "NoPoSplatPoseError"]
