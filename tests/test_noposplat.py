@@ -442,3 +442,15 @@ def test_refinement_stops_when_nothing_is_in_view():
     with torch.inference_mode():
         c2w, losses = refine_pose(scene, start, K, torch.rand(32, 32, 3), steps=5)
     assert losses == [] and torch.equal(c2w, start)
+
+
+def test_release_file_names_give_the_input_size(tiny_net, tmp_path):
+    from vscene_engine.noposplat import guess_image_size
+    assert guess_image_size("models/noposplat/re10k.ckpt") == 256
+    assert guess_image_size("acid.ckpt") == 256 and guess_image_size("mixRe10kDl3dv.ckpt") == 256
+    assert guess_image_size("mixRe10kDl3dv_512x512.ckpt") == 512
+    assert guess_image_size("my_noposplat_512.safetensors") == 512
+    assert guess_image_size("model2512.ckpt") == 256                      # 512 inside another number: no
+    p = tmp_path / "mixRe10kDl3dv_512x512.ckpt"
+    _lightning_ckpt(tiny_net, p)
+    assert load_noposplat(p).cfg.image_size == 512
