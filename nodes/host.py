@@ -14,8 +14,8 @@ Public API (shapes in the docstrings):
 * ManagedModule(module, load_device=None, offload_device=None): load_to_gpu(extra_memory=0), offload()
 * ManagedPlacer(modules, mode, extra_memory): a vscene_engine Placer over ManagedModules (default/offload/sequential)
 * register_model_folder(name, subdir, extensions, kind="files"), model_dirs(name), list_models(name),
-  model_path(name, filename); folders "videoscene", "CogVideo" (diffusers folders), "mvsplat" are registered
-  at import time
+  model_path(name, filename); folders "videoscene", "CogVideo" (diffusers folders), "mvsplat", "noposplat" are
+  registered at import time
 * output_dir(), output_path(subfolder, filename_prefix, ext), output_ui_entry(path), atomic_path(path),
   atomic_write_bytes(path, data)
 * scene_to_splat(scene_or_list), splat_to_scenes(splat), SPLAT_CLASS, LocalSPLAT
@@ -567,6 +567,7 @@ def model_path(name: str, filename: str) -> str:
 register_model_folder("videoscene", "videoscene", _WEIGHT_EXTS + (".json", ".yaml"))
 register_model_folder("CogVideo", "CogVideo", (), kind="diffusers")
 register_model_folder("mvsplat", "mvsplat", _WEIGHT_EXTS)
+register_model_folder("noposplat", "noposplat", _WEIGHT_EXTS)
 
 
 # ============================================================================================ output files

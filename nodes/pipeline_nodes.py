@@ -111,28 +111,34 @@ class CoarseSplatPrior:
 
     CATEGORY = CATEGORY
     FUNCTION = "run"
-    RETURN_TYPES = ("SPLAT", "IMAGE", "MASK", "VSCENE_TRAJECTORY")
-    RETURN_NAMES = ("splat", "frames", "coverage", "trajectory")
+    RETURN_TYPES = ("SPLAT", "IMAGE", "MASK", "VSCENE_TRAJECTORY", "VSCENE_VIEWS")
+    RETURN_NAMES = ("splat", "frames", "coverage", "trajectory", "views")
     OUTPUT_TOOLTIPS = ("Coarse 3D Gaussian scene (one Gaussian per reliable pixel of each view).",
                        "Frames rendered along the camera path [F,H,W,3].",
                        "Per-frame coverage (accumulated opacity); low = holes the prior cannot fill.",
-                       "Cameras of the frames (for SplatReconstruct / the video student).")
+                       "Cameras of the frames (for SplatReconstruct / the video student).",
+                       "The input views with the cameras the prior used: for noposplat the cameras it found "
+                       "(A = identity, baseline 1); for the other methods the input views unchanged.")
     DESCRIPTION = ("VideoScene's coarse 3D prior: plane-sweep stereo between the two views (left-right checked), "
-                   "one Gaussian per pixel, or the feed-forward MVSplat encoder (the paper's prior; official "
-                   "checkpoint), or one Gaussian per pixel of depth maps (Depth Anything 3's), rendered along the "
-                   "camera path between the views (default: 49 frames, cosine easing, as VideoScene).")
+                   "one Gaussian per pixel, the feed-forward MVSplat encoder (the paper's prior; official "
+                   "checkpoint), one Gaussian per pixel of depth maps (Depth Anything 3's), or the pose-free "
+                   "NoPoSplat network (VideoScene's demo prior for unposed photos; it finds the cameras itself), "
+                   "rendered along the camera path between the views (default: 49 frames, cosine easing, as "
+                   "VideoScene).")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "views": ("VSCENE_VIEWS", {"tooltip": "From LoadViewPair."}),
-                "method": (["stereo", "mvsplat", "depth"], {
+                "method": (["stereo", "mvsplat", "depth", "noposplat"], {
                     "default": "stereo",
                     "tooltip": "stereo: weight-free plane-sweep stereo. mvsplat: VideoScene's feed-forward MVSplat "
                                "prior (needs mvsplat_weights: the official re10k.ckpt or its .safetensors in "
                                "models/mvsplat). depth: one Gaussian per pixel of depth maps: Depth Anything 3's "
-                               "(LoadViewPair cameras_from = da3) or the depth input."}),
+                               "(LoadViewPair cameras_from = da3) or the depth input. noposplat: pose-free NoPoSplat "
+                               "(needs noposplat_weights in models/noposplat); replaces the views' cameras with the "
+                               "ones it finds (output 'views')."}),
                 "frames": ("INT", {"default": 49, "min": 2, "max": 241,
                                    "tooltip": "Frames of the camera path (VideoScene's student needs 49)."}),
                 "path": (["interpolate", "se3", "orbit", "keyframes"], {
@@ -176,17 +182,34 @@ class CoarseSplatPrior:
                                              "tooltip": "method depth: drop pixels below this confidence (DA3's "
                                                         "is normalised per view to 0..1, like core's "
                                                         "confidence_threshold)."}),
+                "noposplat_weights": (["none"] + _noposplat_files(), {
+                    "tooltip": "method noposplat: NoPoSplat weights in models/noposplat (the release's re10k.ckpt, "
+                               "acid.ckpt, mixRe10kDl3dv.ckpt or mixRe10kDl3dv_512x512.ckpt, read without running "
+                               "pickled code, or a .safetensors of them). The pack never downloads weights."}),
+                "noposplat_intrinsics": (["cameras", "default"], {
+                    "default": "cameras",
+                    "tooltip": "method noposplat: cameras = give the network the views' focal length (from "
+                               "LoadViewPair); default = the demo's fx = fy = 0.8 of the square crop."}),
+                "noposplat_refine_steps": ("INT", {
+                    "default": 0, "min": 0, "max": 1000,
+                    "tooltip": "method noposplat: photometric refinement steps of camera B after PnP (the release "
+                               "uses 200; slow on CPU). 0 = PnP only."}),
             },
         }
 
     def run(self, views, method, frames, path, easing, num_depths, background, via_camera=None,
             mvsplat_weights="none", mvsplat_size=256, mvsplat_fit="crop", near=1.0, far=100.0, depth=None,
-            confidence=None, depth_encoding="depth", min_confidence=0.1):
+            confidence=None, depth_encoding="depth", min_confidence=0.1, noposplat_weights="none",
+            noposplat_intrinsics="cameras", noposplat_refine_steps=0):
         from vscene_engine.camera_formats import from_load3d
         from vscene_engine.cameras import Cameras
         from vscene_engine.pipeline import coarse_video, make_path
 
         bg = _parse_color(background)
+        prior = None
+        if method == "noposplat":
+            # NoPoSplat finds the cameras itself: run it first, then the path goes through ITS cameras
+            prior, views = _noposplat_views(views, noposplat_weights, noposplat_intrinsics, noposplat_refine_steps)
         kf = None
         if path == "keyframes":
             if via_camera is None:
@@ -211,12 +234,67 @@ class CoarseSplatPrior:
         bar = host.progress(len(traj), "coarse prior video")
         try:
             res = coarse_video(views, traj, method=method, background=bg, prior_kwargs=kw,
-                               progress=_interrupt_and_preview(bar), check_interrupt=host.check_interrupt)
+                               progress=_interrupt_and_preview(bar), check_interrupt=host.check_interrupt,
+                               prior=prior)
         finally:
             bar.close()
             if managed is not None:
                 managed.offload()
-        return (host.scene_to_splat(res.scene), res.frames.float().cpu(), res.coverage.float().cpu(), traj)
+        return (host.scene_to_splat(res.scene), res.frames.float().cpu(), res.coverage.float().cpu(), traj, views)
+
+
+def _noposplat_files() -> list:
+    try:
+        return [n for n in host.list_models("noposplat")
+                if n.lower().endswith((".safetensors", ".sft", ".ckpt", ".pt", ".pth"))]
+    except Exception:  # pragma: no cover
+        return []
+
+
+_NOPOSPLAT_CACHE: dict = {}
+
+
+def _noposplat_model(path: str):
+    """The NoPoSplat network of a weights file under the host's memory manager (one cached per file version)."""
+    import os
+
+    from vscene_engine.noposplat import load_noposplat
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    if key not in _NOPOSPLAT_CACHE:
+        _NOPOSPLAT_CACHE.clear()
+        net = load_noposplat(path, device="cpu")
+        size = sum(p.numel() * p.element_size() for p in net.parameters())
+        _NOPOSPLAT_CACHE[key] = host.ManagedModule(net, size=size)
+    return _NOPOSPLAT_CACHE[key]
+
+
+def _noposplat_views(views, weights, intrinsics, refine_steps):
+    """Run method noposplat on ``views`` -> (PriorResult, the views with NoPoSplat's cameras)."""
+    from vscene_engine.prior import coarse_prior
+
+    if weights in (None, "", "none"):
+        raise ValueError("method noposplat needs noposplat_weights: put a NoPoSplat release checkpoint (re10k.ckpt, "
+                         "acid.ckpt or mixRe10kDl3dv*.ckpt from the NoPoSplat project page) in models/noposplat and "
+                         "pick it; without it use method stereo")
+    managed = _noposplat_model(host.model_path("noposplat", weights))
+    try:
+        net = managed.load_to_gpu()
+        imgs = views.images.to(next(net.parameters()).device)
+        prior = coarse_prior(imgs, views.cameras.to(device=imgs.device), method="noposplat", noposplat=net,
+                             noposplat_intrinsics=intrinsics, noposplat_refine_steps=int(refine_steps),
+                             check_interrupt=host.check_interrupt)
+    finally:
+        managed.offload()
+    cams = prior.cameras.to(device=views.images.device, dtype=views.cameras.dtype)
+    prov = dict(views.provenance, cameras="noposplat", noposplat={
+        k: prior.info[k] for k in ("intrinsics", "focal_normalised", "pnp_points", "pnp_inliers", "refine_steps",
+                                   "baseline_network_units", "image_size") if k in prior.info})
+    prior.scene = prior.scene.to(device=views.images.device)
+    new = dataclasses.replace(views, cameras=cams, near=float(cams.near.min()), far=float(cams.far.max()),
+                              scale=1.0, provenance=prov)
+    return prior, new
 
 
 def _depth_prior_kwargs(views, depth, confidence, encoding, min_confidence) -> dict:

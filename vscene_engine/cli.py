@@ -89,6 +89,22 @@ def _pick_cameras(cams_source, path_a: Path, path_b: Path):
     return cams[[0, 1]]
 
 
+def _placeholder_cameras(img_a, fov_deg: float):
+    """Two cameras for photo A's size (K from the FOV, poses identity and +1 x) used only to build the view pair
+    when the prior (NoPoSplat) finds the real poses itself."""
+    import torch
+
+    from .cameras import Cameras
+    from .pose import focal_from_fov
+
+    h, w = int(img_a.shape[-3]), int(img_a.shape[-2])
+    f = focal_from_fov(w, h, fov_deg)
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 0, 3] = 1.0
+    K = torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+    return Cameras(c2w, K, w, h, 0.1, 100.0, ["view_a", "view_b"])
+
+
 def cmd_prior(args) -> int:
     from .atomic import atomic_write_bytes
     from .camera_formats import save_cameras
@@ -101,12 +117,27 @@ def cmd_prior(args) -> int:
     a, b = Path(args.image_a), Path(args.image_b)
     img_a, img_b = load_image(a, keep_alpha=True), load_image(b, keep_alpha=True)
     cams = _pick_cameras(args.cameras, a, b) if args.cameras else None
+    nops = getattr(args, "noposplat", None)
+    prior = None
+    if nops and cams is None:
+        cams = _placeholder_cameras(img_a, args.fov)   # NoPoSplat finds the poses itself: no feature matching
     views = make_view_pair(img_a, img_b, cams, fov_deg=args.fov, size=args.size, resize=args.resize)
+    if nops:
+        import dataclasses
+
+        from .prior import coarse_prior
+
+        prior = coarse_prior(views.images, views.cameras, method="noposplat", noposplat=nops,
+                             noposplat_intrinsics="cameras" if args.cameras else "default",
+                             noposplat_refine_steps=args.noposplat_refine_steps)
+        c = prior.cameras
+        views = dataclasses.replace(views, cameras=c, near=float(c.near.min()), far=float(c.far.max()), scale=1.0,
+                                    provenance=dict(views.provenance, cameras="noposplat", noposplat=prior.info))
     path = make_path(views, frames=args.frames, kind=args.path, easing=args.easing)
     bg = [float(v) for v in args.background.split(",")]
     bar = _bar(len(path), "coarse video")
     res = coarse_video(views, path, background=bg, progress=lambda i, n, _p: bar(i),
-                       prior_kwargs={"stereo_kwargs": {"num_depths": args.num_depths}})
+                       prior_kwargs={"stereo_kwargs": {"num_depths": args.num_depths}}, prior=prior)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_cameras(views.cameras, out / "cameras.json")
@@ -297,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--fov", type=float, default=60.0, help="horizontal FOV (deg) when intrinsics are unknown")
     pr.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"])
     pr.add_argument("--num-depths", type=int, default=64, help="depth planes of the stereo sweep")
+    pr.add_argument("--noposplat", default=None, metavar="WEIGHTS",
+                    help="use the pose-free NoPoSplat prior with these weights (release .ckpt or .safetensors): it "
+                         "finds the cameras itself (no feature matching); intrinsics from --cameras if given, else "
+                         "the demo's fx = fy = 0.8")
+    pr.add_argument("--noposplat-refine-steps", type=int, default=0,
+                    help="photometric refinement steps of camera B after PnP (release: 200; 0 = PnP only)")
     pr.add_argument("--background", default="0,0,0")
     pr.add_argument("--fps", type=float, default=8.0)
     pr.add_argument("--out", required=True)

@@ -63,20 +63,24 @@ class CoarseVideo:
 
 def coarse_video(views: ViewPair, path: Cameras, *, method: str = "stereo", background: Sequence[float] = (0, 0, 0),
                  prior_kwargs: Optional[dict] = None, progress: Optional[Callable] = None,
-                 check_interrupt: Optional[Callable] = None) -> CoarseVideo:
+                 check_interrupt: Optional[Callable] = None, prior=None) -> CoarseVideo:
     """Coarse prior from the two views, rendered at every camera of ``path``.
 
-    progress(done, total, preview_rgb_or_None) is called per rendered frame.
+    progress(done, total, preview_rgb_or_None) is called per rendered frame. ``prior``: an already computed
+    :class:`vscene_engine.prior.PriorResult` to render instead of computing one (e.g. method "noposplat", whose
+    cameras define the path); ``method`` / ``prior_kwargs`` are then unused.
     """
     from .prior import coarse_prior
     from .rasterize import render
 
     if (path.width, path.height) != (views.width, views.height):
         raise ValueError(f"path cameras are {path.width}x{path.height} but the views are {views.width}x{views.height}")
-    kw = dict(prior_kwargs or {})
-    if method == "depth" and kw.get("depth") is None:  # the views' own depth (e.g. Depth Anything 3's)
-        kw.update(depth=views.depth, confidence=views.confidence if kw.get("confidence") is None else kw["confidence"])
-    prior = coarse_prior(views.images, views.cameras, method=method, check_interrupt=check_interrupt, **kw)
+    if prior is None:
+        kw = dict(prior_kwargs or {})
+        if method == "depth" and kw.get("depth") is None:  # the views' own depth (e.g. Depth Anything 3's)
+            kw.update(depth=views.depth,
+                      confidence=views.confidence if kw.get("confidence") is None else kw["confidence"])
+        prior = coarse_prior(views.images, views.cameras, method=method, check_interrupt=check_interrupt, **kw)
     frames, cover = [], []
     with torch.no_grad():
         for i in range(len(path)):

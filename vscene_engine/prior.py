@@ -32,6 +32,13 @@ network resolution (``info["size"]``): confidence = the predicted opacity, every
 ``method="depth"``: per-pixel Gaussians from given depth maps + confidence (Depth Anything 3's, carried by the
 ViewPair, or any depth map), :func:`vscene_engine.depth_prior.depth_prior` (``depth``, ``confidence``,
 ``min_confidence``, ``align_depth_scale``).
+``method="noposplat"``: the pose-free feed-forward NoPoSplat network (VideoScene's demo prior for unposed photos;
+:mod:`vscene_engine.noposplat`, weights: the release's ``re10k.ckpt`` / ``acid.ckpt`` / ``mixRe10kDl3dv*.ckpt`` or a
+``.safetensors``). The given cameras' poses are NOT used: it predicts the Gaussians in camera A's frame and finds
+camera B by PnP on them (optionally refined photometrically), scaled to baseline 1
+(:func:`vscene_engine.noposplat.prior.noposplat_prior`). ``noposplat_intrinsics="cameras"`` feeds it the given
+cameras' K, ``"default"`` the demo's fx = fy = 0.8. The cameras it found are :attr:`PriorResult.cameras` (for the
+photos' size); depth / confidence are at the network resolution (square centre crops).
 """
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ from .synthetic import depth_to_gaussians
 
 __all__ = ["coarse_prior", "PriorResult", "render_trajectory", "fill_depth_holes", "PRIOR_METHODS"]
 
-PRIOR_METHODS = ("stereo", "mvsplat", "depth")
+PRIOR_METHODS = ("stereo", "mvsplat", "depth", "noposplat")
 
 
 @dataclass
@@ -64,6 +71,8 @@ class PriorResult:
                 ``info["n_filled"]``).
     info:       dict: ``method``, ``n_gaussians`` per view, ``n_filled`` per view, ``stereo`` (the stereo info dict),
                 ``time_s``.
+    cameras:    method "noposplat": the 2 cameras it found for the photos (A = identity, baseline 1); else None
+                (the given cameras are used as they are).
     """
 
     scene: GaussianScene
@@ -71,6 +80,7 @@ class PriorResult:
     confidence: Tensor
     valid: Tensor
     info: dict = field(default_factory=dict)
+    cameras: Optional[Cameras] = None
 
 
 def coarse_prior(
@@ -93,6 +103,9 @@ def coarse_prior(
     mvsplat_fit: str = "crop",
     near: float = 1.0,
     far: float = 100.0,
+    noposplat=None,
+    noposplat_intrinsics: str = "cameras",
+    noposplat_refine_steps: int = 0,
     progress: Optional[Callable] = None,
     check_interrupt: Optional[Callable] = None,
     depth: Optional[Tensor] = None,
@@ -121,6 +134,9 @@ def coarse_prior(
         mvsplat_size, mvsplat_fit: network input size (short side, multiple of 16) and ``"crop"`` (official centre
             crop) or ``"full"`` (whole photo); near / far: MVSplat's plane-sweep range in world units (RE10K: 1, 100).
             The stereo-only options (opacity, confidence, scale, fill) do not apply to MVSplat.
+        noposplat: method "noposplat": a ``NoPoSplatNet`` or the path of its weights (``.ckpt`` / ``.safetensors``).
+        noposplat_intrinsics: ``"cameras"`` (feed the given cameras' K) or ``"default"`` (fx = fy = 0.8 normalised).
+        noposplat_refine_steps: photometric refinement steps of camera B (0: PnP only; the release uses 200).
         progress: ``progress(done, total)`` forwarded to the stereo step.
         check_interrupt: callable raising to abort; forwarded to the stereo step.
         depth, confidence, align_depth_scale: method "depth": ``[2,H,W]`` view-z depth in the cameras' units (0 = no
@@ -134,7 +150,8 @@ def coarse_prior(
 
     Raises:
         ValueError: unknown method, bad images/cameras/options (see :func:`~vscene_engine.stereo.stereo_depth`),
-        no pixel survived the checks, or method "mvsplat" without weights.
+        no pixel survived the checks, or method "mvsplat" / "noposplat" without weights (or NoPoSplat found no
+        camera B: :class:`vscene_engine.noposplat.prior.NoPoSplatPoseError`, a ValueError).
     """
     t0 = time.perf_counter()
     if method not in PRIOR_METHODS:
@@ -151,6 +168,8 @@ def coarse_prior(
                            opacity_from_confidence=opacity_from_confidence, scale_mult=scale_mult,
                            thickness=thickness, sh_degree=sh_degree, align_scale=align_depth_scale,
                            edge_snap=edge_snap, check_interrupt=check_interrupt)
+    if method == "noposplat":
+        return _noposplat(images, cams, noposplat, noposplat_intrinsics, noposplat_refine_steps, check_interrupt, t0)
     if not 0 < float(opacity) <= 1:
         raise ValueError(f"coarse_prior: opacity must be in (0, 1], got {opacity}")
     if not float(scale_mult) > 0 or not float(thickness) > 0:
@@ -212,6 +231,29 @@ def _mvsplat(images, cams, model, size, fit, near, far, check_interrupt, t0) -> 
     r = mvsplat_prior(model, images, cams, size=size, fit=fit, near=near, far=far)
     info = dict(r.info, time_s=time.perf_counter() - t0)
     return PriorResult(r.scene, r.depth, r.opacity, torch.ones_like(r.depth, dtype=torch.bool), info)
+
+
+def _noposplat(images, cams, model, intrinsics, refine_steps, check_interrupt, t0) -> PriorResult:
+    from .noposplat import NoPoSplatNet, load_noposplat
+    from .noposplat.prior import noposplat_prior
+
+    if model is None:
+        raise ValueError("coarse_prior: method 'noposplat' needs the NoPoSplat weights: the release's re10k.ckpt, "
+                         "acid.ckpt or mixRe10kDl3dv*.ckpt (cvg/NoPoSplat) or a .safetensors of it; without them use "
+                         "method 'stereo'")
+    if intrinsics not in ("cameras", "default"):
+        raise ValueError(f"coarse_prior: noposplat_intrinsics must be 'cameras' or 'default', got {intrinsics!r}")
+    if images.dim() != 4 or images.shape[0] != 2:
+        raise ValueError(f"coarse_prior: images must be [2,H,W,3], got {tuple(images.shape)}")
+    if not isinstance(model, NoPoSplatNet):
+        model = load_noposplat(model, device=images.device)
+    r = noposplat_prior(model, images[0], images[1], K=cams if intrinsics == "cameras" else None,
+                        refine_steps=int(refine_steps), check_interrupt=check_interrupt)
+    dev = images.device
+    found = Cameras.cat(r.input_cameras)
+    info = dict(r.info, time_s=time.perf_counter() - t0)
+    return PriorResult(r.scene.to(device=dev), r.depth.to(dev), r.opacity.to(dev),
+                       torch.ones_like(r.depth, dtype=torch.bool, device=dev), info, cameras=found)
 
 
 def _fill_rows(inv: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
