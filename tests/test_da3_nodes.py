@@ -47,7 +47,7 @@ def test_load_view_pair_da3_and_depth_prior(pn, truth):
         prior.run(views.__class__(views.images, views.cameras, views.near, views.far), "depth", 3, "interpolate",
                   "linear", 8, "#ffffff")
     splat, frames, cover, traj = prior.run(views, "depth", 3, "interpolate", "linear", 8, "#ffffff",
-                                           min_confidence=0.5)
+                                           min_confidence=0.5)[:4]
     assert frames.shape == (3, H, W, 3) and cover.shape == (3, H, W) and len(traj) == 3
     n = len(host.splat_to_scenes(splat)[0])
     assert n == int((views.confidence >= 0.5).sum())
@@ -56,6 +56,6 @@ def test_load_view_pair_da3_and_depth_prior(pn, truth):
     assert err < 0.08, err
     # a depth IMAGE + MASK given to the node instead (scale unknown -> fitted)
     depth_img = (views.depth / views.depth.max())[..., None].expand(2, H, W, 3).contiguous()
-    _, frames2, _, _ = prior.run(views, "depth", 3, "interpolate", "linear", 8, "#ffffff", depth=depth_img,
-                                 confidence=views.confidence, min_confidence=0.5)
+    frames2 = prior.run(views, "depth", 3, "interpolate", "linear", 8, "#ffffff", depth=depth_img,
+                        confidence=views.confidence, min_confidence=0.5)[1]
     assert (frames2 - frames).abs().mean() < 0.01
