@@ -89,6 +89,17 @@ def _pick_cameras(cams_source, path_a: Path, path_b: Path):
     return cams[[0, 1]]
 
 
+def exif_fov_prior(path_a: Path, path_b: Path):
+    """Focal prior ``(fov_deg, "diagonal", "exif")`` from the photos' EXIF 35 mm-equivalent focal lengths, or
+    ``None`` when either photo has none or they differ by more than 2% (zoomed between the shots: no shared focal)."""
+    from .pose import exif_focal_35mm, fov_from_35mm
+
+    fa, fb = exif_focal_35mm(path_a), exif_focal_35mm(path_b)
+    if fa is None or fb is None or abs(fa / fb - 1.0) > 0.02:
+        return None
+    return (fov_from_35mm(0.5 * (fa + fb)), "diagonal", "exif")
+
+
 def cmd_prior(args) -> int:
     from .atomic import atomic_write_bytes
     from .camera_formats import save_cameras
@@ -101,7 +112,13 @@ def cmd_prior(args) -> int:
     a, b = Path(args.image_a), Path(args.image_b)
     img_a, img_b = load_image(a, keep_alpha=True), load_image(b, keep_alpha=True)
     cams = _pick_cameras(args.cameras, a, b) if args.cameras else None
-    views = make_view_pair(img_a, img_b, cams, fov_deg=args.fov, size=args.size, resize=args.resize)
+    prior = None if cams is not None or args.fov else exif_fov_prior(a, b)
+    views = make_view_pair(img_a, img_b, cams, fov_deg=args.fov, size=args.size, resize=args.resize,
+                           fov_prior=prior)
+    if cams is None:
+        p = views.provenance
+        print(f"focal length: {p['focal_source']} ({p['fov_deg']:.1f} deg horizontal FOV, confidence "
+              f"{p['focal_confidence']:.2f}): {p['pose'].get('focal_reason', '')}")
     path = make_path(views, frames=args.frames, kind=args.path, easing=args.easing)
     bg = [float(v) for v in args.background.split(",")]
     bar = _bar(len(path), "coarse video")
@@ -294,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--path", default="interpolate", choices=["interpolate", "se3", "orbit"])
     pr.add_argument("--easing", default="cosine", choices=["cosine", "linear"])
     pr.add_argument("--size", type=int, default=512, help="longer side of the working images (default 512)")
-    pr.add_argument("--fov", type=float, default=60.0, help="horizontal FOV (deg) when intrinsics are unknown")
+    pr.add_argument("--fov", type=float, default=None,
+                    help="horizontal FOV (deg) of the photos when --cameras is absent; default: auto (EXIF focal "
+                         "when both photos have it, else self-calibrated from the pair, else 60 deg)")
     pr.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"])
     pr.add_argument("--num-depths", type=int, default=64, help="depth planes of the stereo sweep")
     pr.add_argument("--background", default="0,0,0")
