@@ -635,7 +635,7 @@ def _selfcal_checks(poselib, sc: dict, ua, ub, W, H, ransac_px, seed) -> tuple[d
 
 
 def _choose_focal(ua, ub, size_a, size_b, prior_fov_deg, prior_fov_axis, prior_source, self_calibrate, ransac_px,
-                  n_trials, seed) -> tuple[np.ndarray, np.ndarray, dict]:
+                  n_trials, seed, guard=True) -> tuple[np.ndarray, np.ndarray, dict]:
     """Intrinsics for two photos without given ``K`` (square pixels, centred principal point): the self-calibrated
     focal when it is well-conditioned, otherwise the prior. Returns ``(K_a, K_b, info)`` with ``info`` keys
     ``focal_source``, ``focal_confidence``, ``focal_reason``, ``fov_deg`` (horizontal, image A), ``self_calibration``
@@ -663,8 +663,9 @@ def _choose_focal(ua, ub, size_a, size_b, prior_fov_deg, prior_fov_axis, prior_s
             m, bad, sc_conf = _selfcal_checks(poselib, sc, ua, ub_a, Wa, Ha, ransac_px, seed)
             info["self_calibration"] = dict(m, trusted=not bad, failed_checks=bad)
             reasons += bad
-            if not bad:
+            if not bad or not guard:
                 f_self = m["focal_px"]
+                sc_conf = sc_conf if not bad else 0.0
     if prior_source == "exif":
         # a reading of the lens beats a two-view estimate (on LLFF fern, well-conditioned self-calibration still
         # scatters by ~5-15%); the self-calibration stays in the report as a cross-check
@@ -677,7 +678,8 @@ def _choose_focal(ua, ub, size_a, size_b, prior_fov_deg, prior_fov_axis, prior_s
     elif f_self is not None:
         fa, fb = f_self, f_self * Wb / Wa
         info.update(focal_source="self-calibrated", focal_confidence=sc_conf,
-                    focal_reason="shared-focal self-calibration is well-conditioned")
+                    focal_reason="shared-focal self-calibration is well-conditioned" if not reasons else
+                    "self-calibration guard disabled; failed checks: " + "; ".join(reasons))
     else:
         fa, fb = prior_a, prior_b
         what = {"default-fov": "assumed", "user": "given"}.get(prior_source, "prior")
@@ -806,6 +808,7 @@ def estimate_relative_pose(
     prior_fov_axis: str = "horizontal",
     prior_source: str = "default-fov",
     self_calibrate: bool = True,
+    selfcal_guard: bool = True,
     max_features: int = 8000,
     ratio: float = 0.8,
     ransac_px: float = 1.0,
@@ -830,6 +833,8 @@ def estimate_relative_pose(
             ill-conditioned, with a warning in the report) or ``"exif"`` (the photo's EXIF 35 mm-equivalent focal,
             see :func:`exif_focal_35mm`; preferred over self-calibration, which is then only a cross-check).
         self_calibrate: ``False`` skips self-calibration (the prior is used as is).
+        selfcal_guard: ``False`` trusts the self-calibrated focal whenever the solver returns one (the checks are
+            still measured and reported); for benchmarks that show what the guard is for, never for real use.
         max_features: SIFT keypoints kept per image (strongest first).
         ratio: Lowe ratio-test threshold (lower = stricter).
         ransac_px: RANSAC threshold in pixels (epipolar distance), also the refinement's robust-loss scale.
@@ -893,7 +898,8 @@ def estimate_relative_pose(
         raise ValueError(f"min_inliers must be >= 8, got {min_inliers}")
     try:
         return _estimate(cv2, A, B, Ka, Kb, prior_fov_deg=float(prior_fov_deg), prior_fov_axis=prior_fov_axis,
-                         prior_source=prior_source, self_calibrate=bool(self_calibrate), max_features=max_features,
+                         prior_source=prior_source, self_calibrate=bool(self_calibrate),
+                         selfcal_guard=bool(selfcal_guard), max_features=max_features,
                          ratio=ratio, ransac_px=float(ransac_px), max_side=max_side, max_upscale=max_upscale,
                          contrast_threshold=contrast_threshold, min_inliers=min_inliers,
                          min_parallax_deg=min_parallax_deg, n_trials=n_trials, seed=seed)
@@ -901,8 +907,8 @@ def estimate_relative_pose(
         raise DegeneratePairError(f"{e} {BETTER_METHODS_HINT}") from None
 
 
-def _estimate(cv2, A, B, Ka, Kb, *, prior_fov_deg, prior_fov_axis, prior_source, self_calibrate, max_features, ratio,
-              ransac_px, max_side, max_upscale, contrast_threshold, min_inliers, min_parallax_deg, n_trials,
+def _estimate(cv2, A, B, Ka, Kb, *, prior_fov_deg, prior_fov_axis, prior_source, self_calibrate, selfcal_guard,
+              max_features, ratio, ransac_px, max_side, max_upscale, contrast_threshold, min_inliers, min_parallax_deg, n_trials,
               seed) -> PoseEstimate:
     Ha, Wa = A.shape[:2]
     Hb, Wb = B.shape[:2]
@@ -941,7 +947,7 @@ def _estimate(cv2, A, B, Ka, Kb, *, prior_fov_deg, prior_fov_axis, prior_source,
     # 3. intrinsics: given, or self-calibrated / prior
     if Ka is None:
         Ka, Kb, finfo = _choose_focal(ua, ub, (Wa, Ha), (Wb, Hb), prior_fov_deg, prior_fov_axis, prior_source,
-                                      self_calibrate, ransac_px, n_trials, seed)
+                                      self_calibrate, ransac_px, n_trials, seed, guard=selfcal_guard)
     else:
         finfo = dict(focal_source="user", focal_confidence=1.0, focal_reason="intrinsics given",
                      fov_deg=math.degrees(2.0 * math.atan(Wa / (2.0 * Ka[0, 0]))), self_calibration=None)
