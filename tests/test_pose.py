@@ -84,7 +84,7 @@ def _check_contract(est: PoseEstimate, width, height):
         assert k in r, k
     assert 0.0 <= r["confidence"] <= 1.0 and 0.0 <= r["inlier_ratio"] <= 1.0
     assert r["n_inliers"] <= r["n_matches"] <= min(r["n_keypoints_a"], r["n_keypoints_b"])
-    json.dumps(r)  # plain Python values (the report goes into JSON provenance)
+    json.dumps(r, allow_nan=False)  # plain Python values, strict JSON (the report goes into JSON provenance)
 
 
 @pytest.mark.parametrize("a,b", [(0, 1), (1, 0)])

@@ -495,12 +495,14 @@ def _import_poselib():
 def _self_calibrate(poselib, ua, ub, W, H, ransac_px, n_trials, seed) -> dict | None:
     """Shared-focal relative pose with PoseLib (6-point minimal solver in LO-RANSAC, then joint non-linear refinement
     of the focal and the pose), principal point at the image centre. ``ua`` / ``ub`` in one pixel grid of size
-    ``W x H``. ``n_trials`` seeds; the best model score wins, the spread of the focals is kept as a diagnostic.
+    ``W x H``. ``n_trials`` seeds (at most 10000 iterations each); the best model score wins, the spread of the
+    focals is kept as a diagnostic.
     Returns ``None`` when no trial found a model."""
     pp = np.array([W / 2.0, H / 2.0])
     best, focals = None, []
     for k in range(max(1, int(n_trials))):
-        ropt = {"max_epipolar_error": float(ransac_px), "seed": (int(seed) + 7919 * k) & 0x7FFFFFFF}
+        ropt = {"max_epipolar_error": float(ransac_px), "seed": (int(seed) + 7919 * k) & 0x7FFFFFFF,
+                "max_iterations": 10000}  # as the calibrated path: bounds the time on low inlier ratios
         try:
             pair, info = poselib.estimate_shared_focal_relative_pose(ua, ub, pp, ropt, {})
         except Exception:  # pragma: no cover - PoseLib refused the input
@@ -661,7 +663,9 @@ def _choose_focal(ua, ub, size_a, size_b, prior_fov_deg, prior_fov_axis, prior_s
             reasons.append("the shared-focal solver found no model")
         else:
             m, bad, sc_conf = _selfcal_checks(poselib, sc, ua, ub_a, Wa, Ha, ransac_px, seed)
-            info["self_calibration"] = dict(m, trusted=not bad, failed_checks=bad)
+            # NaN / inf -> None: the report goes into JSON (strict parsers, e.g. the browser's, reject NaN)
+            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
+            info["self_calibration"] = dict(clean, trusted=not bad, failed_checks=bad)
             reasons += bad
             if not bad or not guard:
                 f_self = m["focal_px"]
