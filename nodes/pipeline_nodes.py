@@ -53,9 +53,12 @@ class LoadViewPair:
                 "cameras": ("STRING", {"multiline": True, "default": "",
                                        "tooltip": "2 cameras as text: vscene JSON, transforms.json (2 frames), "
                                                   "RealEstate10K rows, or a path to a camera file/folder."}),
-                "fov_deg": ("FLOAT", {"default": 60.0, "min": 5.0, "max": 170.0, "step": 0.5,
-                                      "tooltip": "Horizontal field of view used when intrinsics are unknown "
-                                                 "(estimate mode). Phone main cameras: ~65-70."}),
+                "fov_deg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 170.0, "step": 0.5,
+                                      "tooltip": "Horizontal field of view of the photos in degrees (estimate "
+                                                 "mode). 0 = auto: self-calibrate the focal length from the pair; "
+                                                 "when the pair cannot tell it (little rotation, an orbit around "
+                                                 "an object, a flat scene) 60 is assumed and the report says so. "
+                                                 "A value > 0 is used as given. Phone main cameras: ~65-70."}),
                 "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
                                  "tooltip": "Longer side of the working images (rounded to a multiple of 8)."}),
                 "resize": (["crop", "pad", "stretch"], {"default": "crop",

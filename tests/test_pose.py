@@ -1,7 +1,10 @@
-"""Relative pose from two photos (vscene_engine.pose): synthetic renders with known cameras, degenerate pairs, and
-real LLFF fern pairs (skipped when ../shared/data/llff_fern is absent)."""
+"""Relative pose from two photos (vscene_engine.pose): synthetic renders with known cameras, degenerate pairs,
+self-calibration of the focal length and its guard, EXIF focal priors, and real LLFF fern pairs (skipped when
+../shared/data/llff_fern is absent)."""
+import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,14 @@ pytest.importorskip("scipy")
 
 from vscene_engine.cameras import Cameras  # noqa: E402
 from vscene_engine.pose import (  # noqa: E402
+    SELFCAL_MIN_AXIS_COPLANARITY,
+    SELFCAL_MIN_ROTATION_DEG,
     DegeneratePairError,
     PoseEstimate,
     estimate_relative_pose,
+    exif_focal_35mm,
     focal_from_fov,
+    fov_from_35mm,
 )
 
 FERN = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff_fern"
@@ -77,7 +84,7 @@ def _check_contract(est: PoseEstimate, width, height):
         assert k in r, k
     assert 0.0 <= r["confidence"] <= 1.0 and 0.0 <= r["inlier_ratio"] <= 1.0
     assert r["n_inliers"] <= r["n_matches"] <= min(r["n_keypoints_a"], r["n_keypoints_b"])
-    json.dumps(r)  # plain Python values (the report goes into JSON provenance)
+    json.dumps(r, allow_nan=False)  # plain Python values, strict JSON (the report goes into JSON provenance)
 
 
 @pytest.mark.parametrize("a,b", [(0, 1), (1, 0)])
@@ -157,8 +164,10 @@ def test_unrelated_images_raise(synth):
     rgb, _, cams = synth
     g = torch.Generator().manual_seed(0)
     noise = torch.rand(192, 256, 3, generator=g)
-    with pytest.raises(DegeneratePairError, match="matches"):
+    with pytest.raises(DegeneratePairError, match="matches") as info:
         estimate_relative_pose(rgb[0], noise, cams.K[0], cams.K[0])
+    # the refusal names the learned alternatives for hard pairs
+    assert "'da3'" in str(info.value) and "'noposplat'" in str(info.value)
     # an upside-down (mirrored) crop of another view, blown up to full size: not a view of the same scene
     crop = rgb[1][40:, 30:].flip(0).permute(2, 0, 1)[None]
     crop = F.interpolate(crop, size=(192, 256), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
@@ -230,3 +239,174 @@ def test_fern_mirrored_pair_raises(fern):
     with pytest.raises(DegeneratePairError, match="agree with one camera motion|matches"):
         estimate_relative_pose(load_image(files[0]), load_image(files[4]).flip(0), cams.K[0], cams.K[4],
                                max_features=2000)
+
+
+# ---------------------------------------------------------------------------------------------- self-calibration
+SC_W, SC_H, SC_FOV = 320, 240, 55.0
+
+
+@pytest.fixture(scope="module")
+def synth_general():
+    """Two renders (320x240, 55 deg FOV) of the procedural scene in general position for self-calibration: ~12.6 deg
+    of rotation, optical axes that do not meet (each camera looks at a different point)."""
+    from vscene_engine.cameras import look_at
+    from vscene_engine.rasterize import render
+    from vscene_engine.synthetic import procedural_scene
+
+    f = focal_from_fov(SC_W, SC_H, SC_FOV)
+    eyes = torch.tensor([[0.4, -0.15, 0.15], [0.6, -0.1, 0.3]])
+    targets = torch.tensor([[-0.5, 0.5, 3.2], [0.4, 0.3, 3.0]])
+    K = torch.tensor([[f, 0, SC_W / 2], [0, f, SC_H / 2], [0, 0, 1.0]])
+    cams = Cameras(look_at(eyes, targets), K, SC_W, SC_H, 0.5, 10.0)
+    return render(procedural_scene(), cams, background=(1.0, 1.0, 1.0)).rgb, cams
+
+
+def test_self_calibration_recovers_focal_synthetic(synth_general):
+    rgb, cams = synth_general
+    f_true = float(cams.K[0, 0, 0])
+    est = estimate_relative_pose(rgb[0], rgb[1])  # intrinsics withheld
+    _check_contract(est, SC_W, SC_H)
+    r = est.report
+    assert r["focal_source"] == "self-calibrated", r["focal_reason"]
+    assert r["self_calibration"]["trusted"] and not r["self_calibration"]["failed_checks"]
+    assert abs(r["focal_px"] / f_true - 1) < 0.03
+    assert r["focal_confidence"] >= 0.2
+    assert abs(r["fov_deg"] - SC_FOV) < 2.0
+    # the cameras carry the self-calibrated focal, principal point at the image centre
+    assert torch.allclose(est.cameras.K[:, 0, 0], torch.tensor(r["focal_px"], dtype=torch.float32))
+    assert torch.allclose(est.cameras.K[0, :2, 2], torch.tensor([SC_W / 2, SC_H / 2]))
+    R_true, t_true = true_relative(cams.c2w[0], cams.c2w[1])
+    assert rot_err_deg(est.R.numpy(), R_true) < 1.0
+    assert dir_err_deg(est.t.numpy(), t_true) < 5.0
+    json.dumps(r)
+
+
+def test_fixating_cameras_detected_never_confident_wrong_focal(synth):
+    """The demo pair looks at one point (an orbit around the objects): the textbook degenerate case of two-view
+    self-calibration. The guard must reject it and fall back to the prior with a warning."""
+    rgb, _, cams = synth
+    with pytest.warns(UserWarning, match="field of view"):
+        est = estimate_relative_pose(rgb[0], rgb[1])
+    r = est.report
+    sc = r["self_calibration"]
+    assert sc is not None and not sc["trusted"]
+    assert sc["axis_coplanarity"] < SELFCAL_MIN_AXIS_COPLANARITY
+    assert any("fixating" in c for c in sc["failed_checks"])
+    assert r["focal_source"] == "default-fov" and r["focal_confidence"] <= 0.1
+    assert r["focal_px"] == pytest.approx(focal_from_fov(256, 192, 60.0))
+    assert "fixating" in r["focal_reason"] and "noposplat" in r["focal_warning"]
+    # the prior gives a usable pose (the demo's true FOV is 55 deg)
+    R_true, _ = true_relative(cams.c2w[0], cams.c2w[1])
+    assert rot_err_deg(est.R.numpy(), R_true) < 2.0
+
+
+def test_given_intrinsics_never_overridden(synth_general):
+    """A user FOV (here 50 deg; the pair self-calibrates to 55) is used exactly as given."""
+    from vscene_engine.views import make_view_pair
+
+    rgb, _ = synth_general
+    f50 = focal_from_fov(SC_W, SC_H, 50.0)
+    K = torch.tensor([[f50, 0, SC_W / 2], [0, f50, SC_H / 2], [0, 0, 1.0]])
+    est = estimate_relative_pose(rgb[0], rgb[1], K, K)
+    assert est.report["focal_source"] == "user" and est.report["self_calibration"] is None
+    assert torch.equal(est.cameras.K, torch.stack([K, K]))
+    views = make_view_pair(rgb[0], rgb[1], fov_deg=50.0, size=SC_W)
+    assert views.provenance["focal_source"] == "user" and views.provenance["fov_deg"] == 50.0
+    assert torch.allclose(views.cameras.K[:, 0, 0], torch.tensor(f50))
+    # fov 0 = auto: self-calibrated
+    auto = make_view_pair(rgb[0], rgb[1], fov_deg=0, size=SC_W)
+    assert auto.provenance["focal_source"] == "self-calibrated"
+    assert abs(float(auto.cameras.K[0, 0, 0]) / focal_from_fov(SC_W, SC_H, SC_FOV) - 1) < 0.03
+
+
+def test_exif_prior_is_used_and_self_calibration_cross_checks(synth_general):
+    rgb, _ = synth_general
+    fov = fov_from_35mm(50.0)  # wrong on purpose (the renders are 55 deg wide): EXIF still wins, with a warning
+    with pytest.warns(UserWarning, match="cropped"):
+        est = estimate_relative_pose(rgb[0], rgb[1], prior_fov_deg=fov, prior_fov_axis="diagonal",
+                                     prior_source="exif")
+    r = est.report
+    assert r["focal_source"] == "exif" and r["focal_confidence"] == pytest.approx(0.9)
+    assert r["focal_px"] == pytest.approx(focal_from_fov(SC_W, SC_H, fov, "diagonal"))
+    assert r["self_calibration"]["trusted"]
+
+
+def test_view_pair_auto_values():
+    from vscene_engine.views import _is_auto
+
+    assert _is_auto(None) and _is_auto(0) and _is_auto(0.0) and _is_auto("auto") and _is_auto(" Auto ")
+    assert not _is_auto(60.0)
+    with pytest.raises(ValueError, match="auto"):
+        _is_auto("wide")
+
+
+def _jpeg_with_exif(tags: dict, size=(64, 48)) -> io.BytesIO:
+    from PIL import Image
+
+    img = Image.new("RGB", size, (120, 90, 60))
+    exif = Image.Exif()
+    sub = exif.get_ifd(0x8769)
+    sub.update(tags)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif)
+    buf.seek(0)
+    return buf
+
+
+def test_exif_focal_35mm():
+    from PIL.TiffImagePlugin import IFDRational
+
+    assert exif_focal_35mm(_jpeg_with_exif({41989: 28})) == pytest.approx(28.0)
+    # FocalLength 4.25 mm on a 6.17 x 4.55 mm sensor (focal-plane resolution in pixels per cm): 24.0 mm equivalent
+    tags = {37386: IFDRational(425, 100), 41486: IFDRational(4000000, 617), 41487: IFDRational(3000000, 455),
+            41488: 3, 40962: 4000, 40963: 3000}
+    assert exif_focal_35mm(_jpeg_with_exif(tags)) == pytest.approx(4.25 * math.hypot(36, 24) / math.hypot(6.17, 4.55))
+    # FocalLengthIn35mmFilm = 0 means unknown: falls through to FocalLength (absent here) -> None
+    assert exif_focal_35mm(_jpeg_with_exif({41989: 0})) is None
+    assert exif_focal_35mm(_jpeg_with_exif({})) is None
+    assert exif_focal_35mm(io.BytesIO(b"not an image")) is None
+    # 35 mm equivalent -> diagonal FOV -> focal: a 36 x 24 mm frame at 100 px/mm with a 50 mm lens is 5000 px
+    assert focal_from_fov(3600, 2400, fov_from_35mm(50.0), "diagonal") == pytest.approx(5000.0)
+    assert fov_from_35mm(28.0) == pytest.approx(75.38, abs=0.01)
+    with pytest.raises(ValueError):
+        fov_from_35mm(0)
+
+
+def test_cli_exif_prior(tmp_path):
+    from vscene_engine.cli import exif_fov_prior
+
+    a, b, c = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg"
+    a.write_bytes(_jpeg_with_exif({41989: 26}).getvalue())
+    b.write_bytes(_jpeg_with_exif({41989: 26}).getvalue())
+    c.write_bytes(_jpeg_with_exif({41989: 52}).getvalue())  # zoomed: no shared focal
+    assert exif_fov_prior(a, b) == (pytest.approx(fov_from_35mm(26.0)), "diagonal", "exif")
+    assert exif_fov_prior(a, c) is None
+
+
+FERN_SELFCAL_PAIRS = [(0, 4), (3, 9)]
+
+
+@pytest.mark.parametrize("i,j", FERN_SELFCAL_PAIRS)
+def test_fern_self_calibration(fern, i, j):
+    """Intrinsics withheld on well-conditioned fern pairs: the focal is self-calibrated within 5%."""
+    files, cams, load_image = fern
+    est = estimate_relative_pose(load_image(files[i]), load_image(files[j]))
+    r = est.report
+    assert r["focal_source"] == "self-calibrated", r["focal_reason"]
+    assert abs(r["focal_px"] / float(cams.K[i, 0, 0]) - 1) <= 0.05
+    R_true, t_true = true_relative(cams.c2w[i], cams.c2w[j])
+    assert rot_err_deg(est.R.numpy(), R_true) <= 1.0
+    assert dir_err_deg(est.t.numpy(), t_true) <= 3.0
+
+
+def test_fern_little_rotation_falls_back(fern):
+    """Frames 12 and 16 rotate ~3.5 deg: the focal is not trusted (the prior is used) and the pose stays good."""
+    files, cams, load_image = fern
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = estimate_relative_pose(load_image(files[12]), load_image(files[16]))
+    sc = est.report["self_calibration"]
+    assert sc["rotation_deg"] < SELFCAL_MIN_ROTATION_DEG and not sc["trusted"]
+    assert est.report["focal_source"] == "default-fov"
+    R_true, t_true = true_relative(cams.c2w[12], cams.c2w[16])
+    assert rot_err_deg(est.R.numpy(), R_true) <= 1.0

@@ -105,6 +105,17 @@ def _placeholder_cameras(img_a, fov_deg: float):
     return Cameras(c2w, K, w, h, 0.1, 100.0, ["view_a", "view_b"])
 
 
+def exif_fov_prior(path_a: Path, path_b: Path):
+    """Focal prior ``(fov_deg, "diagonal", "exif")`` from the photos' EXIF 35 mm-equivalent focal lengths, or
+    ``None`` when either photo has none or they differ by more than 2% (zoomed between the shots: no shared focal)."""
+    from .pose import exif_focal_35mm, fov_from_35mm
+
+    fa, fb = exif_focal_35mm(path_a), exif_focal_35mm(path_b)
+    if fa is None or fb is None or abs(fa / fb - 1.0) > 0.02:
+        return None
+    return (fov_from_35mm(0.5 * (fa + fb)), "diagonal", "exif")
+
+
 def cmd_prior(args) -> int:
     from .atomic import atomic_write_bytes
     from .camera_formats import save_cameras
@@ -120,15 +131,22 @@ def cmd_prior(args) -> int:
     nops = getattr(args, "noposplat", None)
     prior = None
     if nops and cams is None:
-        cams = _placeholder_cameras(img_a, args.fov)   # NoPoSplat finds the poses itself: no feature matching
-    views = make_view_pair(img_a, img_b, cams, fov_deg=args.fov, size=args.size, resize=args.resize)
+        # NoPoSplat finds the poses itself: no feature matching (K from --fov, else the demo's default below)
+        cams = _placeholder_cameras(img_a, args.fov or 60.0)
+    fov_prior = None if cams is not None or args.fov else exif_fov_prior(a, b)
+    views = make_view_pair(img_a, img_b, cams, fov_deg=args.fov, size=args.size, resize=args.resize,
+                           fov_prior=fov_prior)
+    if cams is None:
+        p = views.provenance
+        print(f"focal length: {p['focal_source']} ({p['fov_deg']:.1f} deg horizontal FOV, confidence "
+              f"{p['focal_confidence']:.2f}): {p['pose'].get('focal_reason', '')}")
     if nops:
         import dataclasses
 
         from .prior import coarse_prior
 
         prior = coarse_prior(views.images, views.cameras, method="noposplat", noposplat=nops,
-                             noposplat_intrinsics="cameras" if args.cameras else "default",
+                             noposplat_intrinsics="cameras" if (args.cameras or args.fov) else "default",
                              noposplat_refine_steps=args.noposplat_refine_steps)
         c = prior.cameras
         views = dataclasses.replace(views, cameras=c, near=float(c.near.min()), far=float(c.far.max()), scale=1.0,
@@ -325,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--path", default="interpolate", choices=["interpolate", "se3", "orbit"])
     pr.add_argument("--easing", default="cosine", choices=["cosine", "linear"])
     pr.add_argument("--size", type=int, default=512, help="longer side of the working images (default 512)")
-    pr.add_argument("--fov", type=float, default=60.0, help="horizontal FOV (deg) when intrinsics are unknown")
+    pr.add_argument("--fov", type=float, default=None,
+                    help="horizontal FOV (deg) of the photos when --cameras is absent; default: auto (EXIF focal "
+                         "when both photos have it, else self-calibrated from the pair, else 60 deg)")
     pr.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"])
     pr.add_argument("--num-depths", type=int, default=64, help="depth planes of the stereo sweep")
     pr.add_argument("--noposplat", default=None, metavar="WEIGHTS",

@@ -3,8 +3,12 @@
 Input images are float tensors in [0,1]: [H,W,C] or [1,H,W,C] with C in {1 (gray), 3 (RGB), 4 (RGBA, composited over
 white)}; the two may differ in size. Cameras (OpenCV camera-to-world, +x right, +y down, +z forward; K in pixels) are
 
-* estimated (``cameras=None``): intrinsics from a field of view (``fov_deg`` over ``fov_axis``), relative pose from
-  features (:mod:`vscene_engine.pose`), baseline normalised to 1, near/far from the triangulated points;
+* estimated (``cameras=None``): relative pose from features (:mod:`vscene_engine.pose`), baseline normalised to 1,
+  near/far from the triangulated points. Intrinsics: a given field of view (``fov_deg`` over ``fov_axis``) is used
+  as is; ``fov_deg=None`` / ``0`` / ``"auto"`` means unknown: the focal length is self-calibrated from the pair when
+  that is well-conditioned, otherwise it comes from ``fov_prior`` (e.g. the photo's EXIF, see
+  :func:`vscene_engine.pose.exif_focal_35mm`) or the default 60 deg horizontal FOV. ``provenance["focal_source"]``
+  says which (``user``, ``exif``, ``self-calibrated``, ``default-fov``) and ``provenance["pose"]`` how confident;
 * given: a :class:`~vscene_engine.cameras.Cameras` with 2 cameras, or anything
   :func:`~vscene_engine.camera_formats.load_cameras` reads (path, JSON text, parsed JSON, LOAD3D_CAMERA dicts).
   A camera's image size may differ from its photo only by a uniform scale (same aspect within 1%); K is rescaled.
@@ -119,10 +123,26 @@ def _cams_for_image(cams: Cameras, i: int, w: int, h: int, name: str) -> Cameras
     return c.resized(w, h)
 
 
-def make_view_pair(img_a: torch.Tensor, img_b: torch.Tensor, cameras=None, *, fov_deg: float = 60.0,
+def _is_auto(fov_deg) -> bool:
+    if fov_deg is None:
+        return True
+    if isinstance(fov_deg, str):
+        if fov_deg.strip().lower() == "auto":
+            return True
+        raise ValueError(f"fov_deg must be a number of degrees or 'auto', got {fov_deg!r}")
+    return float(fov_deg) == 0.0
+
+
+def make_view_pair(img_a: torch.Tensor, img_b: torch.Tensor, cameras=None, *, fov_deg=None,
                    fov_axis: str = "horizontal", size: int = 512, resize: str = "crop", near=None, far=None,
-                   pose_kwargs: dict | None = None, depth=None, confidence=None) -> ViewPair:
+                   fov_prior: tuple | None = None, pose_kwargs: dict | None = None, depth=None,
+                   confidence=None) -> ViewPair:
     """Build a :class:`ViewPair` (see the module docstring). ``near``/``far`` override the depth range.
+
+    ``fov_deg``: the field of view in degrees over ``fov_axis`` when the cameras are estimated and the lens is known
+    (never overridden), or ``None`` / ``0`` / ``"auto"`` (default) for unknown intrinsics. ``fov_prior``:
+    ``(fov_deg, axis, source)`` used when the intrinsics are unknown and the pair cannot self-calibrate, e.g.
+    ``(fov_from_35mm(f35), "diagonal", "exif")``; ``None`` = the default 60 deg horizontal guess.
     ``depth`` / ``confidence``: optional pair of per-view maps ``[H_i,W_i]`` at the photos' sizes (or a ``[2,H,W]``
     tensor when both photos have one size), carried into :attr:`ViewPair.depth` / :attr:`ViewPair.confidence`."""
     a = prepare_image(img_a, "image A")
@@ -133,22 +153,35 @@ def make_view_pair(img_a: torch.Tensor, img_b: torch.Tensor, cameras=None, *, fo
         raise ValueError(f"resize must be 'crop', 'pad' or 'stretch', got {resize!r}")
     scale = 1.0
     if cameras is None:
-        from .pose import estimate_relative_pose, focal_from_fov
+        from .pose import DEFAULT_FOV_DEG, estimate_relative_pose, focal_from_fov
 
-        if not (1.0 <= fov_deg <= 170.0):
-            raise ValueError(f"fov_deg must be in 1..170 degrees, got {fov_deg}")
+        kw = dict(pose_kwargs or {})
+        if _is_auto(fov_deg):
+            p_fov, p_axis, p_src = fov_prior if fov_prior is not None else (DEFAULT_FOV_DEG, "horizontal",
+                                                                             "default-fov")
+            est = estimate_relative_pose(a, b, None, None, prior_fov_deg=float(p_fov), prior_fov_axis=p_axis,
+                                         prior_source=p_src, **kw)
+        else:
+            if not (1.0 <= float(fov_deg) <= 170.0):
+                raise ValueError(f"fov_deg must be in 1..170 degrees (or 0 / 'auto' for unknown intrinsics), "
+                                 f"got {fov_deg}")
 
-        def K_of(w, h):
-            f = focal_from_fov(w, h, fov_deg, axis=fov_axis)
-            return torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+            def K_of(w, h):
+                f = focal_from_fov(w, h, float(fov_deg), axis=fov_axis)
+                return torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]], dtype=torch.float64)
 
-        Ka, Kb = K_of(wa, ha), K_of(wb, hb)
-        est = estimate_relative_pose(a, b, Ka, Kb, **(pose_kwargs or {}))
+            est = estimate_relative_pose(a, b, K_of(wa, ha), K_of(wb, hb), **kw)
+        Ka = est.cameras.K[0].to(torch.float32)
+        Kb = est.cameras[1].resized(wb, hb).K[0].to(torch.float32)  # camera B's K is stored at A's size
         c2w = est.cameras.c2w.to(torch.float32)
         cam_a = Cameras(c2w[0], Ka, wa, ha, est.near, est.far, ["view_a"])
         cam_b = Cameras(c2w[1], Kb, wb, hb, est.near, est.far, ["view_b"])
         n0, f0 = float(est.near), float(est.far)
-        prov.update(cameras="estimated", fov_deg=fov_deg, fov_axis=fov_axis, pose=est.report)
+        auto = _is_auto(fov_deg)
+        prov.update(cameras="estimated", fov_deg=float(est.report["fov_deg"]) if auto else float(fov_deg),
+                    fov_axis="horizontal" if auto else fov_axis,
+                    focal_source=est.report["focal_source"], focal_confidence=est.report["focal_confidence"],
+                    pose=est.report)
     else:
         from .camera_formats import load_cameras
 
