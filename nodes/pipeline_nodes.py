@@ -45,11 +45,13 @@ class LoadViewPair:
             "required": {
                 "image_a": ("IMAGE", {"tooltip": "First photo (start of the camera path). First image of a batch."}),
                 "image_b": ("IMAGE", {"tooltip": "Second photo (end of the camera path); may differ in size."}),
-                "cameras_from": (["estimate", "text", "load3d", "da3"], {
+                "cameras_from": (["estimate", "text", "load3d", "da3", "prior"], {
                     "default": "estimate",
                     "tooltip": "estimate: pose from image features (needs overlap and some parallax); text: the "
                                "cameras field; load3d: the camera_a / camera_b inputs; da3: cameras, depth and "
-                               "confidence from core Depth Anything 3 (the da3_geometry input; its views 0 and 1)."}),
+                               "confidence from core Depth Anything 3 (the da3_geometry input; its views 0 and 1); "
+                               "prior: no pose here, the prior finds it (CoarseSplatPrior method noposplat; for "
+                               "wide baselines where feature matching fails)."}),
                 "cameras": ("STRING", {"multiline": True, "default": "",
                                        "tooltip": "2 cameras as text: vscene JSON, transforms.json (2 frames), "
                                                   "RealEstate10K rows, or a path to a camera file/folder."}),
@@ -99,12 +101,20 @@ class LoadViewPair:
                 raise ValueError("cameras_from = da3 needs da3_geometry connected: 'Run Depth Anything 3' (mode "
                                  "multiview, DA3-Small/Base from models/geometry_estimation) on a batch of the two "
                                  "photos")
+        elif cameras_from == "prior":
+            from vscene_engine.views import placeholder_cameras
+
+            a = prepare_image(image_a, "image A")
+            cams = placeholder_cameras(int(a.shape[1]), int(a.shape[0]), fov_deg if fov_deg > 0 else 60.0)
         elif cameras_from != "estimate":
             raise ValueError(f"unknown cameras_from {cameras_from!r}")
         if cameras_from == "da3":
             views = da3_view_pair(image_a, image_b, da3_geometry, size=size, resize=resize)
         else:
             views = make_view_pair(image_a, image_b, cams, fov_deg=fov_deg, size=size, resize=resize)
+        if cameras_from == "prior":
+            views = dataclasses.replace(views, provenance=dict(views.provenance, cameras="prior",
+                                                               fov_given=bool(fov_deg > 0)))
         report = {"near": views.near, "far": views.far, "scale": views.scale, **views.provenance}
         return (views, views.images.clone(), json.dumps(report, indent=1, default=str))
 
@@ -192,7 +202,8 @@ class CoarseSplatPrior:
                 "noposplat_intrinsics": (["cameras", "default"], {
                     "default": "cameras",
                     "tooltip": "method noposplat: cameras = give the network the views' focal length (from "
-                               "LoadViewPair); default = the demo's fx = fy = 0.8 of the square crop."}),
+                               "LoadViewPair; with cameras_from = prior only when fov_deg > 0); default = the demo's "
+                               "fx = fy = 0.8 of the square crop."}),
                 "noposplat_refine_steps": ("INT", {
                     "default": 0, "min": 0, "max": 1000,
                     "tooltip": "method noposplat: photometric refinement steps of camera B after PnP (the release "
@@ -210,6 +221,9 @@ class CoarseSplatPrior:
 
         bg = _parse_color(background)
         prior = None
+        if views.provenance.get("cameras") == "prior" and method != "noposplat":
+            raise ValueError("these views have no cameras yet (LoadViewPair cameras_from = prior): use method "
+                             "noposplat, which finds them, or set cameras_from to estimate / da3 / text / load3d")
         if method == "noposplat":
             # NoPoSplat finds the cameras itself: run it first, then the path goes through ITS cameras
             prior, views = _noposplat_views(views, noposplat_weights, noposplat_intrinsics, noposplat_refine_steps)
@@ -281,6 +295,9 @@ def _noposplat_views(views, weights, intrinsics, refine_steps):
         raise ValueError("method noposplat needs noposplat_weights: put a NoPoSplat release checkpoint (re10k.ckpt, "
                          "acid.ckpt or mixRe10kDl3dv*.ckpt from the NoPoSplat project page) in models/noposplat and "
                          "pick it; without it use method stereo")
+    if intrinsics == "cameras" and views.provenance.get("cameras") == "prior" and \
+            not views.provenance.get("fov_given"):
+        intrinsics = "default"  # placeholder cameras with no FOV from the user: the demo's fx = fy = 0.8
     managed = _noposplat_model(host.model_path("noposplat", weights))
     try:
         net = managed.load_to_gpu()

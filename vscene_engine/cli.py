@@ -90,19 +90,11 @@ def _pick_cameras(cams_source, path_a: Path, path_b: Path):
 
 
 def _placeholder_cameras(img_a, fov_deg: float):
-    """Two cameras for photo A's size (K from the FOV, poses identity and +1 x) used only to build the view pair
-    when the prior (NoPoSplat) finds the real poses itself."""
-    import torch
+    """Stand-in cameras for photo A's size, used only to build the view pair when the prior (NoPoSplat) finds the
+    real poses itself."""
+    from .views import placeholder_cameras
 
-    from .cameras import Cameras
-    from .pose import focal_from_fov
-
-    h, w = int(img_a.shape[-3]), int(img_a.shape[-2])
-    f = focal_from_fov(w, h, fov_deg)
-    c2w = torch.eye(4).repeat(2, 1, 1)
-    c2w[1, 0, 3] = 1.0
-    K = torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
-    return Cameras(c2w, K, w, h, 0.1, 100.0, ["view_a", "view_b"])
+    return placeholder_cameras(int(img_a.shape[-2]), int(img_a.shape[-3]), fov_deg)
 
 
 def exif_fov_prior(path_a: Path, path_b: Path):

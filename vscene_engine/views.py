@@ -133,6 +133,22 @@ def _is_auto(fov_deg) -> bool:
     return float(fov_deg) == 0.0
 
 
+def placeholder_cameras(width: int, height: int, fov_deg: float = 60.0) -> Cameras:
+    """Two stand-in cameras for an image of ``width x height``: K from a horizontal ``fov_deg`` (principal point at the
+    centre), camera A at the origin, camera B at +1 x, both looking down +z (OpenCV camera-to-world).
+
+    For priors that find the poses themselves (NoPoSplat): they let a :class:`ViewPair` be built without feature
+    matching, and must be replaced by the prior's cameras before anything is rendered from them.
+    """
+    from .pose import focal_from_fov
+
+    f = focal_from_fov(int(width), int(height), float(fov_deg))
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 0, 3] = 1.0
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    return Cameras(c2w, K, int(width), int(height), 0.1, 100.0, ["view_a", "view_b"])
+
+
 def make_view_pair(img_a: torch.Tensor, img_b: torch.Tensor, cameras=None, *, fov_deg=None,
                    fov_axis: str = "horizontal", size: int = 512, resize: str = "crop", near=None, far=None,
                    fov_prior: tuple | None = None, pose_kwargs: dict | None = None, depth=None,
