@@ -24,12 +24,24 @@ Image formation (identical to 3DGS / gsplat "classic" mode, which is what makes 
    ``alpha = min(0.999, o · exp(-½ dᵀ Σ2d'⁻¹ d))``; contributions with ``alpha < 1/255`` are skipped; a pixel stops
    *before* the Gaussian that would bring its transmittance to ``T ≤ 1e-4`` (early termination).
 
-Backends. ``"torch"``: the exact pure-torch tiled rasterizer below, CPU or CUDA. It never truncates a Gaussian's
-footprint: the tile/pixel range of each Gaussian is the exact extent where ``alpha ≥ 1/255`` can hold (an opacity-aware
-ellipse bound, padded), so it equals a brute-force evaluation of every Gaussian at every pixel. ``"gsplat"``: the
-CUDA rasterizer of the gsplat package, used by ``"auto"`` on CUDA after a guarded first call succeeds (gsplat
-JIT-compiles on first use, so a successful import proves nothing); otherwise ``"auto"`` falls back to ``"torch"``
-with one warning. gsplat caps footprints at 3σ, so the two agree to ~1e-3, not bit for bit.
+Backends (all produce the image above; ``RenderOutput.backend`` says which one ran):
+
+* ``"torch"``: the exact pure-torch tiled rasterizer below (alpha and transmittance in float64), any device. It never
+  truncates a Gaussian's footprint: the tile/pixel range of each Gaussian is the exact extent where ``alpha ≥ 1/255``
+  can hold (an opacity-aware ellipse bound, padded), so it equals a brute-force evaluation of every Gaussian at every
+  pixel. The reference the others are tested against.
+* ``"numba"``: the same projection in torch, then the per-tile, per-pixel front-to-back loop compiled for the CPU
+  (:mod:`vscene_engine.raster_numba`: float64, parallel over tiles, hand-written backward). Equal to ``"torch"`` to
+  ~1e-12. Its thread policy (non-spinning pool, ``torch.get_num_threads()`` threads) is documented there.
+* ``"torch32"``: the torch rasterizer with no float64 anywhere (MPS has none, consumer NVIDIA cards run it at 1/64
+  speed): alpha in float32, transmittance scanned in int64 fixed point. Equal to the reference to float32 rounding
+  (~1e-6, tested at 5e-5).
+* ``"gsplat"``: the CUDA rasterizer of the gsplat package. gsplat caps footprints at 3σ, so it agrees with the others
+  to ~1e-3, not bit for bit.
+
+``"auto"`` picks gsplat on CUDA after a guarded first call succeeds (gsplat JIT-compiles on first use, so a successful
+import proves nothing) → ``"torch32"`` on CUDA/MPS → ``"numba"`` on CPU when numba imports and its guarded first call
+(compile + a two-Gaussian render checked against closed form) succeeds → ``"torch"``; a failed guarded call warns once.
 
 How the torch backend works (all vectorised, no Python loop over Gaussians or pixels):
 Gaussians are sorted by depth and processed in depth-ordered chunks. For a chunk, each Gaussian's tile range is
@@ -457,11 +469,12 @@ def render(
 ) -> RenderOutput:
     """Render ``scene`` (GaussianScene) from every camera in ``cameras`` (Cameras, OpenCV c2w).
 
-    background: RGB in [0,1] (default black). backend: "auto" | "torch" | "gsplat". eps2d: low-pass dilation in px².
+    background: RGB in [0,1] (default black). backend: "auto" | "torch" | "torch32" | "numba" | "gsplat" (see the
+    module docstring). eps2d: low-pass dilation in px².
     antialiased: opacity compensation for the dilation. near_plane/far_plane: view-depth culling of Gaussian centres
     (independent of ``cameras.near/far``, which describe the scene). sh_degree: use at most this SH degree.
-    tile: tile edge in pixels of the torch backend (default: from the mean footprint, 4 for pixel-sized Gaussians,
-    8 / 16 for larger ones; any value gives the same image); chunk: max (Gaussian, tile) intersections processed at once
+    tile: tile edge in pixels (torch backends default: from the mean footprint, 4 for pixel-sized Gaussians,
+    8 / 16 for larger ones; numba: 16; any value gives the same image); chunk: max (Gaussian, tile) intersections processed at once
     (bounds memory). check_interrupt: optional callable raising to abort (called once per chunk).
     Returns RenderOutput(rgb [N,H,W,3], alpha [N,H,W,1], depth [N,H,W,1]).
     """
@@ -499,13 +512,18 @@ def render(
     for i in range(n_cam):
         if check_interrupt is not None:
             check_interrupt()
-        proj = project_gaussians(
-            scene, c2ws[i], Ks[i], W, H, eps2d=eps2d, antialiased=antialiased, near_plane=near_plane,
-            far_plane=far_plane, sh_degree=sh_degree,
-        )
         if name == "numba":
-            rgb, alpha, depth = _render_one_numba(proj, W, H, bg, tile or raster_numba.TILE)
+            with raster_numba.torch_threads(raster_numba.TORCH_GLUE_THREADS):  # see raster_numba.torch_threads
+                proj = project_gaussians(
+                    scene, c2ws[i], Ks[i], W, H, eps2d=eps2d, antialiased=antialiased, near_plane=near_plane,
+                    far_plane=far_plane, sh_degree=sh_degree,
+                )
+                rgb, alpha, depth = _render_one_numba(proj, W, H, bg, tile or raster_numba.TILE)
         else:
+            proj = project_gaussians(
+                scene, c2ws[i], Ks[i], W, H, eps2d=eps2d, antialiased=antialiased, near_plane=near_plane,
+                far_plane=far_plane, sh_degree=sh_degree,
+            )
             t = tile
             if t is None:
                 e = float(proj.extent.mean()) if proj.extent.numel() else 0.0
