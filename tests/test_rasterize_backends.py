@@ -102,3 +102,30 @@ def test_numba_keeps_float32_dtype_and_no_grad():
     with torch.no_grad():
         out = render(s32, _camera().to(dtype=torch.float32), backend="numba")
     assert out.rgb.dtype == torch.float32 and out.depth.dtype == torch.float32 and not out.rgb.requires_grad
+
+
+@needs_numba
+def test_thread_policy(monkeypatch):
+    """Non-spinning pool unless the user chose one; numba threads follow torch.set_num_threads (also while the glue
+    runs on one torch thread), and the glue restores torch's setting."""
+    import os
+
+    layer = raster_numba.configure_threads()
+    if not os.environ.get("NUMBA_THREADING_LAYER"):
+        assert layer == "workqueue"
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert raster_numba.num_threads() == min(2, raster_numba.numba.config.NUMBA_NUM_THREADS,
+                                                 len(os.sched_getaffinity(0)))
+        with raster_numba.torch_threads(1):
+            assert torch.get_num_threads() == 1
+            assert raster_numba.num_threads() == min(2, raster_numba.numba.config.NUMBA_NUM_THREADS,
+                                                     len(os.sched_getaffinity(0)))
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert raster_numba.num_threads() == 1
+        render(_scene(20, 0, seed=1), _camera(), backend="numba")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n0)

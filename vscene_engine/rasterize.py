@@ -513,11 +513,10 @@ def render(
         if check_interrupt is not None:
             check_interrupt()
         if name == "numba":
+            kw = dict(eps2d=eps2d, antialiased=antialiased, near_plane=near_plane, far_plane=far_plane,
+                      sh_degree=sh_degree)
             with raster_numba.torch_threads(raster_numba.TORCH_GLUE_THREADS):  # see raster_numba.torch_threads
-                proj = project_gaussians(
-                    scene, c2ws[i], Ks[i], W, H, eps2d=eps2d, antialiased=antialiased, near_plane=near_plane,
-                    far_plane=far_plane, sh_degree=sh_degree,
-                )
+                proj = _project_few_threads(scene, c2ws[i], Ks[i], W, H, kw)
                 rgb, alpha, depth = _render_one_numba(proj, W, H, bg, tile or raster_numba.TILE)
         else:
             proj = project_gaussians(
@@ -533,6 +532,51 @@ def render(
         alphas.append(alpha)
         depths.append(depth)
     return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), name)
+
+
+class _ProjectFewThreads(torch.autograd.Function):
+    """``project_gaussians`` whose backward also runs on ``raster_numba.TORCH_GLUE_THREADS`` torch threads.
+
+    The forward records the projection's own small graph on detached leaves; the backward replays it with
+    ``torch.autograd.grad`` inside :class:`raster_numba.torch_threads` (autograd would otherwise run it on all of
+    torch's spin-waiting threads, see there). Inputs: means, scales, quats, opacities, sh, c2w, K; outputs: the
+    differentiable fields of :class:`Projected` (means2d, conic, depth, opacity, color) then extent and index."""
+
+    @staticmethod
+    def forward(ctx, sh_degree_scene, W, H, kw, *tensors):
+        import types
+
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
+            sc = types.SimpleNamespace(means=leaves[0], scales=leaves[1], quats=leaves[2], opacities=leaves[3],
+                                       sh=leaves[4], sh_degree=sh_degree_scene)
+            proj = project_gaussians(sc, leaves[5], leaves[6], W, H, **kw)
+        outs = (proj.means2d, proj.conic, proj.depth, proj.opacity, proj.color)
+        ctx.inner = (leaves, outs)
+        ctx.mark_non_differentiable(proj.extent, proj.index)
+        return tuple(o.detach() for o in outs) + (proj.extent, proj.index)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        leaves, outs = ctx.inner
+        want = [i for i, t in enumerate(leaves) if t.requires_grad]
+        pairs = [(o, g) for o, g in zip(outs, grads[:5]) if g is not None and o.requires_grad]
+        res = [None] * len(leaves)
+        if want and pairs:
+            with raster_numba.torch_threads(raster_numba.TORCH_GLUE_THREADS):
+                got = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in want], [g for _, g in pairs],
+                                          allow_unused=True, retain_graph=True)  # freed with ctx
+            for i, g in zip(want, got):
+                res[i] = g
+        return (None, None, None, None, *res)
+
+
+def _project_few_threads(scene, c2w, K, W, H, kw) -> Projected:
+    t = (scene.means, scene.scales, scene.quats, scene.opacities, scene.sh, c2w.to(scene.means), K.to(scene.means))
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in t)):
+        return project_gaussians(scene, c2w, K, W, H, **kw)
+    m2, conic, depth, opac, color, ext, index = _ProjectFewThreads.apply(scene.sh_degree, W, H, kw, *t)
+    return Projected(m2, conic, depth, opac, color, ext, index)
 
 
 def _render_one_numba(proj: Projected, width: int, height: int, background: torch.Tensor, tile: int):
