@@ -17,7 +17,20 @@ here); outputs are cast back to the input dtype.
 
 Parallelism: ``prange`` over 16×16 tiles (dynamic chunks of a few tiles, so uneven tiles balance); each tile keeps its
 pixel state locally. The backward writes one gradient row per (Gaussian, tile) intersection, reduced afterwards in a
-fixed order, so results do not depend on the thread count. Thread policy: see :func:`configure_threads`.
+fixed order, so results do not depend on the thread count.
+
+Thread policy (a browser or another CPU-bound neighbour should cost us only its share of the cores):
+
+* numba's ``workqueue`` layer (:func:`configure_threads`): idle workers sleep on a condition variable, they never
+  spin; calls are serialised by a lock (that layer is not re-entrant). A user's ``NUMBA_THREADING_LAYER`` wins.
+* threads per call (:func:`num_threads`): ``torch.get_num_threads()`` — one knob for the whole engine — capped by the
+  CPUs this process may use (``os.sched_getaffinity``) and ``NUMBA_NUM_THREADS``; tiles are handed out dynamically
+  (``set_parallel_chunksize``), so a worker slowed by a neighbour just takes fewer tiles.
+* the torch glue around the kernel (projection, SH, sort, and their backward) runs on ``TORCH_GLUE_THREADS`` = 1
+  torch thread (:class:`torch_threads`): torch's OpenMP pool spin-waits at every op's barrier, which under load costs
+  5x on the projection's ~50 small ops.
+* on-disk compile cache: ``cache=True`` (next to this file, else numba's per-user cache folder); where neither is
+  writable the kernels compile in memory on first use (tens of seconds on a busy 2-core machine, once per process).
 """
 from __future__ import annotations
 

@@ -125,15 +125,16 @@ def project_gaussians(
     z = p_cam[:, 2]
     vis = (z >= near_plane) & (z <= far_plane)
     index = vis.nonzero().squeeze(1)
-    p_cam, z = p_cam[index], z[index]
+    take = (lambda t: t) if index.numel() == vis.numel() else (lambda t: t[index])  # skip no-op gathers
+    p_cam, z = take(p_cam), take(z)
     x, y = p_cam[:, 0], p_cam[:, 1]
 
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     # Camera-space factor of the 3D covariance: M = R_cw R_g diag(s), so Σ_cam = M Mᵀ. The rotation is composed
     # as a quaternion product (elementwise; avoids batched 3x3 matmuls, which are slow for millions of tiny matrices).
     q_cw = rotmat_to_quat(R_cw).to(means)
-    Rc = quat_to_rotmat(quat_multiply(q_cw.expand(index.shape[0], 4), scene.quats[index]))
-    M = Rc * scene.scales[index].unsqueeze(-2)  # columns scaled
+    Rc = quat_to_rotmat(quat_multiply(q_cw.expand(index.shape[0], 4), take(scene.quats)))
+    M = Rc * take(scene.scales).unsqueeze(-2)  # columns scaled
 
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
@@ -147,7 +148,7 @@ def project_gaussians(
     a0, b0, c0 = (T0 * T0).sum(-1), (T0 * T1).sum(-1), (T1 * T1).sum(-1)
     a, b, c = a0 + eps2d, b0, c0 + eps2d
     det = a * c - b * b
-    opac = scene.opacities[index].to(dtype)
+    opac = take(scene.opacities).to(dtype)
     if antialiased:
         det0 = a0 * c0 - b0 * b0
         opac = opac * torch.sqrt((det0 / det.clamp_min(1e-30)).clamp_min(0.0))
@@ -167,9 +168,8 @@ def project_gaussians(
     conic = torch.stack([c[sel] / det_s, -b[sel] / det_s, a[sel] / det_s], -1)
 
     idx = index[sel]
-    sh = scene.sh[idx]
     deg = scene.sh_degree if sh_degree is None else min(sh_degree, scene.sh_degree)
-    sh = sh[:, : (deg + 1) ** 2]
+    sh = scene.sh[:, : (deg + 1) ** 2][idx]
     dirs = scene.means[idx] - c2w[:3, 3]
     color = torch.clamp_min(eval_sh(sh, dirs) + 0.5, 0.0)
     return Projected(means2d[sel], conic, z[sel], opac[sel], color, ext[sel].detach(), idx)
