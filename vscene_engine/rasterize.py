@@ -24,12 +24,24 @@ Image formation (identical to 3DGS / gsplat "classic" mode, which is what makes 
    ``alpha = min(0.999, o · exp(-½ dᵀ Σ2d'⁻¹ d))``; contributions with ``alpha < 1/255`` are skipped; a pixel stops
    *before* the Gaussian that would bring its transmittance to ``T ≤ 1e-4`` (early termination).
 
-Backends. ``"torch"``: the exact pure-torch tiled rasterizer below, CPU or CUDA. It never truncates a Gaussian's
-footprint: the tile/pixel range of each Gaussian is the exact extent where ``alpha ≥ 1/255`` can hold (an opacity-aware
-ellipse bound, padded), so it equals a brute-force evaluation of every Gaussian at every pixel. ``"gsplat"``: the
-CUDA rasterizer of the gsplat package, used by ``"auto"`` on CUDA after a guarded first call succeeds (gsplat
-JIT-compiles on first use, so a successful import proves nothing); otherwise ``"auto"`` falls back to ``"torch"``
-with one warning. gsplat caps footprints at 3σ, so the two agree to ~1e-3, not bit for bit.
+Backends (all produce the image above; ``RenderOutput.backend`` says which one ran):
+
+* ``"torch"``: the exact pure-torch tiled rasterizer below (alpha and transmittance in float64), any device. It never
+  truncates a Gaussian's footprint: the tile/pixel range of each Gaussian is the exact extent where ``alpha ≥ 1/255``
+  can hold (an opacity-aware ellipse bound, padded), so it equals a brute-force evaluation of every Gaussian at every
+  pixel. The reference the others are tested against.
+* ``"numba"``: the same projection in torch, then the per-tile, per-pixel front-to-back loop compiled for the CPU
+  (:mod:`vscene_engine.raster_numba`: float64, parallel over tiles, hand-written backward). Equal to ``"torch"`` to
+  ~1e-12. Its thread policy (non-spinning pool, ``torch.get_num_threads()`` threads) is documented there.
+* ``"torch32"``: the torch rasterizer with no float64 anywhere (MPS has none, consumer NVIDIA cards run it at 1/64
+  speed): alpha in float32, transmittance scanned in int64 fixed point. Equal to the reference to float32 rounding
+  (~1e-6, tested at 5e-5).
+* ``"gsplat"``: the CUDA rasterizer of the gsplat package. gsplat caps footprints at 3σ, so it agrees with the others
+  to ~1e-3, not bit for bit.
+
+``"auto"`` picks gsplat on CUDA after a guarded first call succeeds (gsplat JIT-compiles on first use, so a successful
+import proves nothing) → ``"torch32"`` on CUDA/MPS → ``"numba"`` on CPU when numba imports and its guarded first call
+(compile + a two-Gaussian render checked against closed form) succeeds → ``"torch"``; a failed guarded call warns once.
 
 How the torch backend works (all vectorised, no Python loop over Gaussians or pixels):
 Gaussians are sorted by depth and processed in depth-ordered chunks. For a chunk, each Gaussian's tile range is
@@ -49,6 +61,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import raster_numba
 from .gaussians import quat_multiply, quat_to_rotmat, rotmat_to_quat
 from .sh import eval_sh
 
@@ -112,15 +125,16 @@ def project_gaussians(
     z = p_cam[:, 2]
     vis = (z >= near_plane) & (z <= far_plane)
     index = vis.nonzero().squeeze(1)
-    p_cam, z = p_cam[index], z[index]
+    take = (lambda t: t) if index.numel() == vis.numel() else (lambda t: t[index])  # skip no-op gathers
+    p_cam, z = take(p_cam), take(z)
     x, y = p_cam[:, 0], p_cam[:, 1]
 
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     # Camera-space factor of the 3D covariance: M = R_cw R_g diag(s), so Σ_cam = M Mᵀ. The rotation is composed
     # as a quaternion product (elementwise; avoids batched 3x3 matmuls, which are slow for millions of tiny matrices).
     q_cw = rotmat_to_quat(R_cw).to(means)
-    Rc = quat_to_rotmat(quat_multiply(q_cw.expand(index.shape[0], 4), scene.quats[index]))
-    M = Rc * scene.scales[index].unsqueeze(-2)  # columns scaled
+    Rc = quat_to_rotmat(quat_multiply(q_cw.expand(index.shape[0], 4), take(scene.quats)))
+    M = Rc * take(scene.scales).unsqueeze(-2)  # columns scaled
 
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
@@ -134,7 +148,7 @@ def project_gaussians(
     a0, b0, c0 = (T0 * T0).sum(-1), (T0 * T1).sum(-1), (T1 * T1).sum(-1)
     a, b, c = a0 + eps2d, b0, c0 + eps2d
     det = a * c - b * b
-    opac = scene.opacities[index].to(dtype)
+    opac = take(scene.opacities).to(dtype)
     if antialiased:
         det0 = a0 * c0 - b0 * b0
         opac = opac * torch.sqrt((det0 / det.clamp_min(1e-30)).clamp_min(0.0))
@@ -154,15 +168,17 @@ def project_gaussians(
     conic = torch.stack([c[sel] / det_s, -b[sel] / det_s, a[sel] / det_s], -1)
 
     idx = index[sel]
-    sh = scene.sh[idx]
     deg = scene.sh_degree if sh_degree is None else min(sh_degree, scene.sh_degree)
-    sh = sh[:, : (deg + 1) ** 2]
+    sh = scene.sh[:, : (deg + 1) ** 2][idx]
     dirs = scene.means[idx] - c2w[:3, 3]
     color = torch.clamp_min(eval_sh(sh, dirs) + 0.5, 0.0)
     return Projected(means2d[sel], conic, z[sel], opac[sel], color, ext[sel].detach(), idx)
 
 
 _DONE = 1.0e4  # offset subtracted from a terminated pixel's log-transmittance (exact to ~1e-12, see below)
+_FX = float(1 << 32)  # float32 path: log-transmittance in int64 fixed point, 2^-32 per unit (exact segmented sums)
+_DONE_FX = int(_DONE * _FX)
+_LOG_T_MIN_FX = int(round(_LOG_T_MIN * _FX))
 
 
 def _render_one_torch(
@@ -173,13 +189,22 @@ def _render_one_torch(
     tile: int,
     chunk: int,
     check_interrupt=None,
+    exact64: bool = True,
 ):
     """Exact tiled compositing of one view; returns rgb [H,W,3], alpha [H,W,1], depth [H,W,1].
 
     Per-pixel state is one float64 ``log_T`` array. A terminated pixel gets ``_DONE`` subtracted once, so every later
     entry for it fails the ``T > 1e-4`` test without a second lookup; the offset is added back at the end.
+
+    ``exact64=False`` is the float32 path for CUDA/MPS (no float64 anywhere): alpha is evaluated in float32, and the
+    transmittance scan runs on ``log(1-alpha)`` rounded to int64 fixed point (2^-32), so the flat segmented cumsum
+    has no cancellation (a float32 flat cumsum over millions of entries would lose every digit); gradients flow through
+    a float32 copy of the same scan (values from the integers, derivatives from the floats).
     """
     dev, dtype = proj.means2d.device, proj.means2d.dtype
+    cdt = torch.float64 if exact64 else torch.float32  # compute dtype of alpha
+    need_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (proj.means2d, proj.conic, proj.opacity, proj.depth, proj.color))
     tiles_x, tiles_y = (width + tile - 1) // tile, (height + tile - 1) // tile
     n_tiles, P = tiles_x * tiles_y, tile * tile
     n_pix = n_tiles * P  # pixel id = tile_id * P + p  (tile-major layout, converted at the end)
@@ -206,8 +231,8 @@ def _render_one_torch(
     # Pixel offsets (ox, oy) of the P pixel centres of a tile from the tile centre, as the monomial basis of
     # sigma - log(o) (see the chunk loop); alpha >= 1/255  <=>  sigma - log(o) <= log(255).
     pr = torch.arange(P, device=dev)
-    ox = (pr % tile).double() + 0.5 - tile / 2.0
-    oy = torch.div(pr, tile, rounding_mode="floor").double() + 0.5 - tile / 2.0
+    ox = (pr % tile).to(cdt) + 0.5 - tile / 2.0
+    oy = torch.div(pr, tile, rounding_mode="floor").to(cdt) + 0.5 - tile / 2.0
     basis = torch.stack([torch.ones_like(ox), ox, oy, ox * ox, ox * oy, oy * oy], 1)  # [P,6]
     log255 = math.log(255.0)
 
@@ -217,7 +242,13 @@ def _render_one_torch(
     gy = (torch.div(tid, tiles_x, rounding_mode="floor") * tile).repeat_interleave(P) + torch.div(
         pr, tile, rounding_mode="floor").repeat(n_tiles)
     outside = (gx >= width) | (gy >= height)
-    log_T = torch.where(outside, -_DONE, 0.0).to(torch.float64)
+    if exact64:
+        log_T = torch.where(outside, -_DONE, 0.0).to(torch.float64)
+        done_lvl = -0.5 * _DONE
+    else:
+        log_T = torch.where(outside, -_DONE_FX, 0).to(torch.int64)  # values (fixed point)
+        log_T_g = torch.zeros(n_pix, device=dev, dtype=cdt)  # the same sums in float32, for gradients only
+        done_lvl = -(_DONE_FX // 2)
     acc = torch.zeros(n_pix, 4, device=dev, dtype=dtype)  # depth, r, g, b (= columns 6:10 of the record)
 
     G = gp.shape[0]
@@ -241,7 +272,7 @@ def _render_one_torch(
         t_x = tx0.index_select(0, gi) + k % w_t
         t_y = ty0.index_select(0, gi) + torch.div(k, w_t, rounding_mode="floor")
         t_id = t_y * tiles_x + t_x
-        tile_done = (log_T.view(n_tiles, P) < -0.5 * _DONE).all(1)
+        tile_done = (log_T.view(n_tiles, P) < done_lvl).all(1)
         live = ~tile_done.index_select(0, t_id)
         if not bool(live.all()):
             keep = live.nonzero().squeeze(1)
@@ -256,46 +287,67 @@ def _render_one_torch(
         # sigma - log(o) = c0 + c1 ox + c2 oy + c3 ox^2 + c4 ox oy + c5 oy^2 with (ox, oy) the pixel offset from the
         # tile centre; exact algebra (float64 keeps the expansion's rounding ~1e-13 relative).
         q = gp.index_select(0, gi)  # [n,10]: mx, my, a, b, c, opacity, depth, r, g, b
-        q64 = q[:, :6].to(torch.float64)
-        bx = (t_x * tile).to(torch.float64) + tile / 2.0 - q64[:, 0]
-        by = (t_y * tile).to(torch.float64) + tile / 2.0 - q64[:, 1]
+        q64 = q[:, :6].to(cdt)
+        bx = (t_x * tile).to(cdt) + tile / 2.0 - q64[:, 0]
+        by = (t_y * tile).to(cdt) + tile / 2.0 - q64[:, 1]
         a, b, c = q64[:, 2], q64[:, 3], q64[:, 4]
         coef = torch.stack(
             [0.5 * a * bx * bx + b * bx * by + 0.5 * c * by * by - torch.log(q64[:, 5]), a * bx + b * by,
              b * bx + c * by, 0.5 * a, b, 0.5 * c], 1)  # [n,6]
         nla = basis @ coef.T  # [P, n]  = -log(unclamped alpha)
-        live_px = log_T.view(n_tiles, P) > -0.5 * _DONE  # pixels not terminated by earlier chunks
+        live_px = log_T.view(n_tiles, P) > done_lvl  # pixels not terminated by earlier chunks
         cand = (nla.detach() <= log255) & live_px.index_select(0, t_id).T
         nz = cand.nonzero()  # row-major: grouped by (p, tile) == by pixel, depth-ordered inside
         if nz.numel() == 0:
             continue
         p, j = nz[:, 0].contiguous(), nz[:, 1].contiguous()
         pix = (t_id * P).index_select(0, j) + p
-        alpha = torch.clamp_max(torch.exp(-nla.view(-1).index_select(0, p * n + j)), ALPHA_MAX)  # float64
+        alpha = torch.clamp_max(torch.exp(-nla.view(-1).index_select(0, p * n + j)), ALPHA_MAX)  # cdt
 
         # --- segmented front-to-back scan: entries are grouped per pixel, depth-ordered inside a group
         l = torch.log1p(-alpha)
-        excl = torch.cumsum(l, 0) - l
         new_seg = torch.ones_like(pix, dtype=torch.bool)
         new_seg[1:] = pix[1:] != pix[:-1]
         pos = torch.arange(pix.numel(), device=dev)
         seg_start = torch.where(new_seg, pos, torch.zeros_like(pos)).cummax(0).values
-        log_T_excl = log_T.index_select(0, pix) + (excl - excl.index_select(0, seg_start))
-        include = (log_T_excl + l) > _LOG_T_MIN
-        w = alpha * torch.exp(log_T_excl)
-        upd = l
+        if exact64:
+            excl = torch.cumsum(l, 0) - l
+            log_T_excl = log_T.index_select(0, pix) + (excl - excl.index_select(0, seg_start))
+            include = (log_T_excl + l) > _LOG_T_MIN
+            lte = log_T_excl
+            l_v, stop_v = l, -_DONE
+        else:
+            l_v = torch.round(l.detach() * _FX).to(torch.int64)  # exact: l * 2^32 only shifts the exponent
+            excl = torch.cumsum(l_v, 0) - l_v
+            log_T_excl = log_T.index_select(0, pix) + (excl - excl.index_select(0, seg_start))
+            include = (log_T_excl + l_v) > _LOG_T_MIN_FX
+            lte = log_T_excl.to(cdt) / _FX
+            stop_v = -_DONE_FX
+            if need_grad:
+                excl_g = torch.cumsum(l, 0) - l
+                lte_g = log_T_g.index_select(0, pix) + (excl_g - excl_g.index_select(0, seg_start))
+                lte = lte_g + (lte - lte_g).detach()
+                log_T_g = log_T_g.index_add(0, pix, torch.where(include, l, torch.zeros_like(l)))
+        w = alpha * torch.exp(lte)
+        upd = l_v
         if not bool(include.all()):
             w = torch.where(include, w, torch.zeros_like(w))
             # the first excluded entry of a live pixel terminates it: add the _DONE offset once
             prev_in = torch.ones_like(include)
             prev_in[1:] = include[:-1]
-            stop = ~include & (new_seg | prev_in) & (log_T_excl > -0.5 * _DONE)
-            upd = torch.where(include, l, torch.where(stop, torch.full_like(l, -_DONE), torch.zeros_like(l)))
+            stop = ~include & (new_seg | prev_in) & (log_T_excl > done_lvl)
+            upd = torch.where(include, l_v, torch.where(stop, torch.full_like(l_v, stop_v), torch.zeros_like(l_v)))
         acc = acc.index_add(0, pix, w.to(dtype)[:, None] * q[:, 6:10].index_select(0, j))
         log_T = log_T.index_add(0, pix, upd)
 
-    done = log_T < -0.5 * _DONE
-    T = torch.exp(torch.where(done, log_T + _DONE, log_T)).to(dtype)
+    done = log_T < done_lvl
+    if exact64:
+        T = torch.exp(torch.where(done, log_T + _DONE, log_T)).to(dtype)
+    else:
+        lt = torch.where(done, log_T + _DONE_FX, log_T).to(cdt) / _FX
+        if need_grad:
+            lt = log_T_g + (lt - log_T_g).detach()
+        T = torch.exp(lt).to(dtype)
     T = torch.where(outside, torch.zeros_like(T), T)
     alpha_img = 1.0 - T
     rgb = acc[:, 1:4] + T[:, None] * background.to(dtype)
@@ -344,10 +396,44 @@ def _gsplat_usable(device: torch.device) -> bool:
     return st["ok"]
 
 
+BACKENDS = ("auto", "torch", "torch32", "numba", "gsplat")
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends usable on ``device`` (runs gsplat's guarded first call on CUDA)."""
+    """Backends usable on ``device`` (runs the guarded first calls of gsplat on CUDA and of numba on CPU)."""
     device = torch.device(device)
-    return ["torch"] + (["gsplat"] if _gsplat_usable(device) else [])
+    out = ["torch", "torch32"]
+    if device.type == "cpu" and raster_numba.usable():
+        out.append("numba")
+    if _gsplat_usable(device):
+        out.append("gsplat")
+    return out
+
+
+def _choose_backend(backend: str, device: torch.device) -> str:
+    """Resolve ``backend`` on ``device``; "auto": gsplat (CUDA, guarded first call) -> torch32 on CUDA/MPS ->
+    numba on CPU (guarded first call) -> torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"render: unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    if backend == "gsplat" and not _gsplat_usable(device):
+        raise RuntimeError(
+            f"render: backend='gsplat' requested but unusable on {device} "
+            f"({_GSPLAT_STATE['reason'] or 'needs CUDA'}); use backend='torch32', 'torch' or 'auto'."
+        )
+    if backend == "numba" and not raster_numba.usable():
+        raise RuntimeError(
+            f"render: backend='numba' requested but unusable ({raster_numba._STATE['reason']}); "
+            "install it with `pip install numba`, or use backend='torch' or 'auto'."
+        )
+    if backend != "auto":
+        return backend
+    if _gsplat_usable(device):
+        return "gsplat"
+    if device.type in ("cuda", "mps"):
+        return "torch32"
+    if device.type == "cpu" and raster_numba.usable():
+        return "numba"
+    return "torch"
 
 
 def _render_gsplat(scene, c2w, K, width, height, background, eps2d, antialiased, near_plane, far_plane, sh_degree):
@@ -383,11 +469,12 @@ def render(
 ) -> RenderOutput:
     """Render ``scene`` (GaussianScene) from every camera in ``cameras`` (Cameras, OpenCV c2w).
 
-    background: RGB in [0,1] (default black). backend: "auto" | "torch" | "gsplat". eps2d: low-pass dilation in px².
+    background: RGB in [0,1] (default black). backend: "auto" | "torch" | "torch32" | "numba" | "gsplat" (see the
+    module docstring). eps2d: low-pass dilation in px².
     antialiased: opacity compensation for the dilation. near_plane/far_plane: view-depth culling of Gaussian centres
     (independent of ``cameras.near/far``, which describe the scene). sh_degree: use at most this SH degree.
-    tile: tile edge in pixels of the torch backend (default: from the mean footprint, 4 for pixel-sized Gaussians,
-    8 / 16 for larger ones; any value gives the same image); chunk: max (Gaussian, tile) intersections processed at once
+    tile: tile edge in pixels (torch backends default: from the mean footprint, 4 for pixel-sized Gaussians,
+    8 / 16 for larger ones; numba: 16; any value gives the same image); chunk: max (Gaussian, tile) intersections processed at once
     (bounds memory). check_interrupt: optional callable raising to abort (called once per chunk).
     Returns RenderOutput(rgb [N,H,W,3], alpha [N,H,W,1], depth [N,H,W,1]).
     """
@@ -411,38 +498,99 @@ def render(
     if not (torch.isfinite(c2ws).all() and torch.isfinite(Ks).all()):
         raise ValueError("render: cameras contain NaN/inf; fix the camera poses/intrinsics (Cameras.validate()).")
 
-    if backend not in ("auto", "torch", "gsplat"):
-        raise ValueError(f"render: unknown backend {backend!r}; use 'auto', 'torch' or 'gsplat'.")
-    use_gsplat = backend == "gsplat" or (backend == "auto" and _gsplat_usable(dev))
-    if backend == "gsplat" and not _gsplat_usable(dev):
-        raise RuntimeError(
-            f"render: backend='gsplat' requested but unusable on {dev} ({_GSPLAT_STATE['reason'] or 'needs CUDA'}); "
-            "use backend='torch' or 'auto'."
-        )
+    name = _choose_backend(backend, dev)
     rgbs, alphas, depths = [], [], []
     if len(scene) == 0 or n_cam == 0:
         rgb = bg.expand(n_cam, H, W, 3).clone()
         z = torch.zeros(n_cam, H, W, 1, device=dev, dtype=dtype)
-        return RenderOutput(rgb, z, z.clone(), "torch")
-    if use_gsplat:
+        return RenderOutput(rgb, z, z.clone(), name)
+    if name == "gsplat":
         rgb, alpha, depth = _render_gsplat(
             scene, c2ws, Ks, W, H, bg, eps2d, antialiased, near_plane, far_plane, sh_degree
         )
         return RenderOutput(rgb, alpha, depth, "gsplat")
     for i in range(n_cam):
-        proj = project_gaussians(
-            scene, c2ws[i], Ks[i], W, H, eps2d=eps2d, antialiased=antialiased, near_plane=near_plane,
-            far_plane=far_plane, sh_degree=sh_degree,
-        )
-        t = tile
-        if t is None:
-            e = float(proj.extent.mean()) if proj.extent.numel() else 0.0
-            t = 4 if e <= 6.0 else (8 if e <= 16.0 else 16)
-        rgb, alpha, depth = _render_one_torch(proj, W, H, bg, t, chunk, check_interrupt)
+        if check_interrupt is not None:
+            check_interrupt()
+        if name == "numba":
+            kw = dict(eps2d=eps2d, antialiased=antialiased, near_plane=near_plane, far_plane=far_plane,
+                      sh_degree=sh_degree)
+            with raster_numba.torch_threads(raster_numba.TORCH_GLUE_THREADS):  # see raster_numba.torch_threads
+                proj = _project_few_threads(scene, c2ws[i], Ks[i], W, H, kw)
+                rgb, alpha, depth = _render_one_numba(proj, W, H, bg, tile or raster_numba.TILE)
+        else:
+            proj = project_gaussians(
+                scene, c2ws[i], Ks[i], W, H, eps2d=eps2d, antialiased=antialiased, near_plane=near_plane,
+                far_plane=far_plane, sh_degree=sh_degree,
+            )
+            t = tile
+            if t is None:
+                e = float(proj.extent.mean()) if proj.extent.numel() else 0.0
+                t = 4 if e <= 6.0 else (8 if e <= 16.0 else 16)
+            rgb, alpha, depth = _render_one_torch(proj, W, H, bg, t, chunk, check_interrupt, exact64=name == "torch")
         rgbs.append(rgb)
         alphas.append(alpha)
         depths.append(depth)
-    return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), "torch")
+    return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), name)
+
+
+class _ProjectFewThreads(torch.autograd.Function):
+    """``project_gaussians`` whose backward also runs on ``raster_numba.TORCH_GLUE_THREADS`` torch threads.
+
+    The forward records the projection's own small graph on detached leaves; the backward replays it with
+    ``torch.autograd.grad`` inside :class:`raster_numba.torch_threads` (autograd would otherwise run it on all of
+    torch's spin-waiting threads, see there). Inputs: means, scales, quats, opacities, sh, c2w, K; outputs: the
+    differentiable fields of :class:`Projected` (means2d, conic, depth, opacity, color) then extent and index."""
+
+    @staticmethod
+    def forward(ctx, sh_degree_scene, W, H, kw, *tensors):
+        import types
+
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
+            sc = types.SimpleNamespace(means=leaves[0], scales=leaves[1], quats=leaves[2], opacities=leaves[3],
+                                       sh=leaves[4], sh_degree=sh_degree_scene)
+            proj = project_gaussians(sc, leaves[5], leaves[6], W, H, **kw)
+        outs = (proj.means2d, proj.conic, proj.depth, proj.opacity, proj.color)
+        ctx.inner = (leaves, outs)
+        ctx.mark_non_differentiable(proj.extent, proj.index)
+        return tuple(o.detach() for o in outs) + (proj.extent, proj.index)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        leaves, outs = ctx.inner
+        want = [i for i, t in enumerate(leaves) if t.requires_grad]
+        pairs = [(o, g) for o, g in zip(outs, grads[:5]) if g is not None and o.requires_grad]
+        res = [None] * len(leaves)
+        if want and pairs:
+            with raster_numba.torch_threads(raster_numba.TORCH_GLUE_THREADS):
+                got = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in want], [g for _, g in pairs],
+                                          allow_unused=True, retain_graph=True)  # freed with ctx
+            for i, g in zip(want, got):
+                res[i] = g
+        return (None, None, None, None, *res)
+
+
+def _project_few_threads(scene, c2w, K, W, H, kw) -> Projected:
+    t = (scene.means, scene.scales, scene.quats, scene.opacities, scene.sh, c2w.to(scene.means), K.to(scene.means))
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in t)):
+        return project_gaussians(scene, c2w, K, W, H, **kw)
+    m2, conic, depth, opac, color, ext, index = _ProjectFewThreads.apply(scene.sh_degree, W, H, kw, *t)
+    return Projected(m2, conic, depth, opac, color, ext, index)
+
+
+def _render_one_numba(proj: Projected, width: int, height: int, background: torch.Tensor, tile: int):
+    """One view through the compiled compositing loop (:mod:`vscene_engine.raster_numba`); same outputs as
+    :func:`_render_one_torch`."""
+    order = torch.argsort(proj.depth.detach(), stable=True)  # exact depth order, ties in scene order
+    gp = torch.cat(
+        [proj.means2d, proj.conic, proj.opacity[:, None], proj.depth[:, None], proj.color], 1
+    ).index_select(0, order)
+    C, D, T = raster_numba.composite(gp, proj.extent.index_select(0, order), width, height, tile)
+    alpha = 1.0 - T
+    rgb = C + T[..., None] * background.to(C)
+    depth = torch.where(alpha > 0, D / alpha.clamp_min(1e-12), torch.zeros_like(alpha))
+    return rgb, alpha[..., None], depth[..., None]
 
 
 def _check_scene(scene) -> None:
