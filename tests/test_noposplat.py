@@ -454,3 +454,35 @@ def test_release_file_names_give_the_input_size(tiny_net, tmp_path):
     p = tmp_path / "mixRe10kDl3dv_512x512.ckpt"
     _lightning_ckpt(tiny_net, p)
     assert load_noposplat(p).cfg.image_size == 512
+
+
+def test_load_view_pair_prior_then_noposplat(tiny_net, tmp_path, monkeypatch):
+    """cameras_from = prior: LoadViewPair does no feature matching (a pair it would refuse still loads); only method
+    noposplat accepts such views, and without a user FOV it gets the demo's default intrinsics."""
+    import importlib
+
+    from test_host_fallback import PACK, _load_host
+
+    _load_host()
+    pn = importlib.import_module(PACK + ".nodes.pipeline_nodes")
+    save_noposplat(tiny_net, tmp_path / "noposplat" / "tiny.safetensors")
+    monkeypatch.setenv("VSCENE_MODELS_DIR", str(tmp_path))
+    assert "prior" in pn.LoadViewPair.INPUT_TYPES()["required"]["cameras_from"][0]
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(1, 64, 96, 3, generator=g), torch.rand(1, 64, 96, 3, generator=g)  # nothing to match
+    views, images, report = pn.LoadViewPair().load(a, b, "prior", "", 0.0, 96, "crop")
+    assert views.provenance["cameras"] == "prior" and not views.provenance["fov_given"]
+    assert images.shape == (2, 64, 96, 3)
+    node = pn.CoarseSplatPrior()
+    with pytest.raises(ValueError, match="no cameras yet"):
+        node.run(views, "stereo", 3, "interpolate", "linear", 8, "#000000")
+    out = node.run(views, "noposplat", 3, "se3", "linear", 8, "#000000", noposplat_weights="tiny.safetensors")
+    found = out[list(pn.CoarseSplatPrior.RETURN_NAMES).index("views")]
+    assert found.provenance["cameras"] == "noposplat"
+    assert found.provenance["noposplat"]["intrinsics"].startswith("default")        # no FOV given: fx = fy = 0.8
+    assert float(found.cameras.c2w[1, :3, 3].norm()) == pytest.approx(1.0, abs=1e-4)
+    # a user FOV is passed on as the network's intrinsics
+    views2 = pn.LoadViewPair().load(a, b, "prior", "", 70.0, 96, "crop")[0]
+    out2 = node.run(views2, "noposplat", 3, "se3", "linear", 8, "#000000", noposplat_weights="tiny.safetensors")
+    found2 = out2[list(pn.CoarseSplatPrior.RETURN_NAMES).index("views")]
+    assert not found2.provenance["noposplat"]["intrinsics"].startswith("default")
