@@ -16,6 +16,10 @@ Public API (shapes in the docstrings):
 * register_model_folder(name, subdir, extensions, kind="files"), model_dirs(name), list_models(name),
   model_path(name, filename); folders "videoscene", "CogVideo" (diffusers folders), "mvsplat" are registered
   at import time
+* safetensors_header(path), weights_kind(path) ("ddpnet" / "prompt_embeds" / "transformer" / "unreadable" / "other",
+  from the header only, cached by mtime), list_weights(name, kinds): what each weights dropdown offers
+* install_example_inputs(input_dir=None): the example photos of the two-photo templates copied into ComfyUI's input
+  folder when no file of that name exists there (run once at import in the host; never overwrites, never raises)
 * output_dir(), output_path(subfolder, filename_prefix, ext), output_ui_entry(path), atomic_path(path),
   atomic_write_bytes(path, data)
 * scene_to_splat(scene_or_list), splat_to_scenes(splat), SPLAT_CLASS, LocalSPLAT

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 
@@ -53,7 +54,9 @@ def camera_info(cameras, scene=None, index: int = 0) -> dict:
         if z.numel() > 0:
             dist = float(z.median())
     target = (c2w[:3, 3] + dist * c2w[:3, 2]).tolist()
-    return to_load3d(cam, target=target, viewer_fov=PREVIEW_VIEWER_FOV)[0]
+    with warnings.catch_warnings():  # a viewer has a centred principal point and square pixels: approximate quietly
+        warnings.simplefilter("ignore")
+        return to_load3d(cam, target=target, viewer_fov=PREVIEW_VIEWER_FOV)[0]
 
 
 def parse_cameras(text: str, load3d_camera=None, width: int = 512, height: int = 512):
