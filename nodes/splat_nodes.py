@@ -28,8 +28,10 @@ def _parse_color(text: str) -> tuple[float, float, float]:
     raise ValueError(f"background {text!r} is not a colour: use '#rrggbb' or 'r,g,b' with values in 0..1")
 
 
-#: fov (degrees) of core Preview Splat's viewer camera: it applies a camera_info's position, target and zoom only
-PREVIEW_VIEWER_FOV = 35.0
+#: fov (degrees) of core Preview Splat's viewer camera when it shows a result that carries a camera: the frontend
+#: (1.49, applyResultToLoad3d) sets the node's "Camera Config" to {fov: 75, ...saved config} and then applies only the
+#: camera_info's position, target and zoom
+PREVIEW_VIEWER_FOV = 75.0
 
 
 def camera_info(cameras, scene=None, index: int = 0) -> dict:
@@ -37,8 +39,9 @@ def camera_info(cameras, scene=None, index: int = 0) -> dict:
     Cameras, OpenCV c2w + K in pixels), so the viewer opens where that photo was taken.
 
     three.js convention (vscene_engine.camera_formats.to_load3d): world +Y up, camera looks down -Z; our world maps
-    to it by (x, y, z) -> (x, -y, -z), as Preview Splat shows a 3DGS PLY. The viewer keeps its own 35 degree fov and
-    applies position / target / zoom, so the photo's vertical fov goes into ``zoom``; its OrbitControls look at
+    to it by (x, y, z) -> (x, -y, -z), as Preview Splat shows a 3DGS PLY. The viewer keeps its own fov (75 degrees,
+    :data:`PREVIEW_VIEWER_FOV`) and applies position / target / zoom, so the photo's vertical fov goes into ``zoom``
+    (core RenderSplat reads fov and zoom together and gets the same focal length); its OrbitControls look at
     ``target``, put on the optical axis at the median depth of ``scene``'s Gaussian centres in front of the camera
     (the orbit pivot is then the middle of the scene; 1 unit when no scene is given or nothing is in front).
     """

@@ -281,7 +281,7 @@ def test_camera_info_opens_the_viewer_at_photo_a():
     d = tgt - pos
     assert torch.allclose(d / d.norm(), fwd_gl, atol=1e-9)
     assert 2.0 < float(d.norm()) < 4.5
-    # the viewer's 35 degree camera with this zoom has photo A's focal length: reading it back gives camera A
+    # the viewer's fixed-fov camera with this zoom has photo A's focal length: reading it back gives camera A
     back = from_load3d([info], width=512, height=384, dtype=torch.float64)
     assert torch.allclose(back.c2w[0], cams.c2w[0], atol=1e-9)
     assert torch.allclose(back.K[0], cams.K[0], atol=1e-9)
