@@ -48,7 +48,9 @@ class DDPNetTimestep:
     @classmethod
     def INPUT_TYPES(cls):
         try:
-            files = [n for n in host.list_models("videoscene") if n.lower().endswith((".safetensors", ".sft"))]
+            # only files whose safetensors metadata says DDPNet (format "videoscene-ddpnet"), not the student weights
+            files = [n for n in host.list_weights("videoscene", ("ddpnet",))
+                     if n.lower().endswith((".safetensors", ".sft"))]
         except Exception:  # pragma: no cover
             files = []
         return {

@@ -16,6 +16,10 @@ Public API (shapes in the docstrings):
 * register_model_folder(name, subdir, extensions, kind="files"), model_dirs(name), list_models(name),
   model_path(name, filename); folders "videoscene", "CogVideo" (diffusers folders), "mvsplat", "noposplat" are
   registered at import time
+* safetensors_header(path), weights_kind(path) ("ddpnet" / "prompt_embeds" / "transformer" / "unreadable" / "other",
+  from the header only, cached by mtime), list_weights(name, kinds): what each weights dropdown offers
+* install_example_inputs(input_dir=None): the example photos of the two-photo templates copied into ComfyUI's input
+  folder when no file of that name exists there (run once at import in the host; never overwrites, never raises)
 * output_dir(), output_path(subfolder, filename_prefix, ext), output_ui_entry(path), atomic_path(path),
   atomic_write_bytes(path, data)
 * scene_to_splat(scene_or_list), splat_to_scenes(splat), SPLAT_CLASS, LocalSPLAT
@@ -564,10 +568,161 @@ def model_path(name: str, filename: str) -> str:
     raise FileNotFoundError(msg)
 
 
+# ======================================================================================== weight-file kinds
+_HEADER_CACHE: dict = {}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def safetensors_header(path: str) -> dict | None:
+    """The JSON header of a ``.safetensors`` file ({tensor name: {"dtype", "shape", "data_offsets"}, and
+    "__metadata__": {str: str}}), or None when ``path`` is not a readable safetensors file. Reads only the header
+    (8-byte length + JSON), never the tensors; cached by (real path, mtime, size)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    if key in _HEADER_CACHE:
+        return _HEADER_CACHE[key]
+    header = None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+            if 2 <= n <= min(_MAX_HEADER, st.st_size - 8):
+                import json
+
+                h = json.loads(f.read(n))
+                header = h if isinstance(h, dict) else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        header = None
+    if len(_HEADER_CACHE) > 512:
+        _HEADER_CACHE.clear()
+    _HEADER_CACHE[key] = header
+    return header
+
+
+def weights_kind(path: str) -> str:
+    """What a weights file in models/videoscene holds, from its name and (safetensors) header only:
+
+    "ddpnet" (metadata ``format`` "videoscene-ddpnet" or its training checkpoint), "prompt_embeds" (a .pt/.pth file,
+    or a safetensors file of at most two tensors of rank 2-3, e.g. VideoScene's prompt embedding [1, 226, 4096]),
+    "transformer" (any other safetensors file: student / transformer weights), or "unreadable" (a .safetensors /
+    .sft file whose header cannot be read). Non-weight files (.json / .yaml) are "other".
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".pt", ".pth"):
+        return "prompt_embeds"
+    if ext not in (".safetensors", ".sft"):
+        return "other"
+    h = safetensors_header(path)
+    if h is None:
+        return "unreadable"
+    meta = h.get("__metadata__") or {}
+    if str(meta.get("format", "")).startswith("videoscene-ddpnet"):
+        return "ddpnet"
+    tensors = {k: v for k, v in h.items() if k != "__metadata__" and isinstance(v, dict)}
+    if 0 < len(tensors) <= 2 and all(2 <= len(v.get("shape", ())) <= 3 for v in tensors.values()):
+        return "prompt_embeds"
+    return "transformer"
+
+
+def list_weights(name: str, kinds: Sequence[str]) -> list[str]:
+    """:func:`list_models` of folder ``name`` restricted to the files whose :func:`weights_kind` is in ``kinds``
+    (headers only, cached: cheap enough for INPUT_TYPES)."""
+    out = []
+    for n in list_models(name):
+        try:
+            p = model_path(name, n)
+        except (OSError, ValueError):
+            continue
+        if weights_kind(p) in kinds:
+            out.append(n)
+    return out
+
+
 register_model_folder("videoscene", "videoscene", _WEIGHT_EXTS + (".json", ".yaml"))
 register_model_folder("CogVideo", "CogVideo", (), kind="diffusers")
 register_model_folder("mvsplat", "mvsplat", _WEIGHT_EXTS)
 register_model_folder("noposplat", "noposplat", _WEIGHT_EXTS)
+
+
+# ========================================================================================== example inputs
+EXAMPLE_INPUTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "input")
+"""The pack's example photos (the two-photo templates open with them); scripts/make_example_photos.py makes them."""
+EXAMPLE_INPUTS = ("videoscene_view_a.png", "videoscene_view_b.png")
+
+
+def _copy_no_overwrite(src: str, dst: str) -> bool:
+    """Copy ``src`` to ``dst`` unless ``dst`` exists; True when copied. Atomic: the bytes go to a temporary file in
+    ``dst``'s folder, which is then hard-linked to ``dst`` (fails, leaving ``dst`` alone, if a file of that name
+    appeared meanwhile); where hard links are not supported, ``dst`` is created exclusively (O_EXCL) and written."""
+    if os.path.lexists(dst):
+        return False
+    with open(src, "rb") as f:
+        data = f.read()
+    folder = os.path.dirname(dst)
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, dst)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system
+            try:
+                fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+                raise
+            return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def install_example_inputs(input_dir: str | None = None, src_dir: str = EXAMPLE_INPUTS_DIR,
+                           names: Sequence[str] = EXAMPLE_INPUTS) -> list[str]:
+    """Make the pack's example photos available to core LoadImage: copy each of ``names`` from ``src_dir`` into
+    ``input_dir`` (default: ComfyUI's input directory; nothing without the host) when NO file of that name exists
+    there — a user's file is never overwritten. Never raises (a read-only or missing input folder only logs one
+    warning). Returns the names copied."""
+    if input_dir is None:
+        if not HOST_AVAILABLE:
+            return []
+        try:
+            input_dir = _fp.get_input_directory()
+        except Exception as e:  # pragma: no cover - defensive
+            log.warning("VideoScene: no input directory (%s); example photos not installed", e)
+            return []
+    copied, failed = [], []
+    for n in names:
+        try:
+            if _copy_no_overwrite(os.path.join(src_dir, n), os.path.join(input_dir, n)):
+                copied.append(n)
+        except Exception as e:
+            failed.append(f"{n} ({type(e).__name__}: {e})")
+    if copied:
+        log.info("VideoScene: example photos %s copied to %s (the two-photo templates open with them)",
+                 ", ".join(copied), input_dir)
+    if failed:
+        log.warning("VideoScene: could not copy example photos to %s: %s; upload your own photos in the templates' "
+                    "Load Image nodes", input_dir, "; ".join(failed))
+    return copied
+
+
+if HOST_AVAILABLE:
+    install_example_inputs()
 
 
 # ============================================================================================ output files

@@ -11,7 +11,7 @@ import json
 import torch
 
 from . import host
-from .splat_nodes import _parse_color
+from .splat_nodes import _parse_color, camera_info
 
 CATEGORY = "VideoScene"
 
@@ -124,12 +124,13 @@ class CoarseSplatPrior:
 
     CATEGORY = CATEGORY
     FUNCTION = "run"
-    RETURN_TYPES = ("SPLAT", "IMAGE", "MASK", "VSCENE_TRAJECTORY", "VSCENE_VIEWS")
-    RETURN_NAMES = ("splat", "frames", "coverage", "trajectory", "views")
+    RETURN_TYPES = ("SPLAT", "IMAGE", "MASK", "VSCENE_TRAJECTORY", "LOAD3D_CAMERA", "VSCENE_VIEWS")
+    RETURN_NAMES = ("splat", "frames", "coverage", "trajectory", "camera_info", "views")
     OUTPUT_TOOLTIPS = ("Coarse 3D Gaussian scene (one Gaussian per reliable pixel of each view).",
                        "Frames rendered along the camera path [F,H,W,3].",
                        "Per-frame coverage (accumulated opacity); low = holes the prior cannot fill.",
                        "Cameras of the frames (for SplatReconstruct / the video student).",
+                       "Camera of photo A for Preview Splat's camera_info: the viewer opens where photo A was taken.",
                        "The input views with the cameras the prior used: for noposplat the cameras it found "
                        "(A = identity, baseline 1); for the other methods the input views unchanged.")
     DESCRIPTION = ("VideoScene's coarse 3D prior: plane-sweep stereo between the two views (left-right checked), "
@@ -257,7 +258,8 @@ class CoarseSplatPrior:
             bar.close()
             if managed is not None:
                 managed.offload()
-        return (host.scene_to_splat(res.scene), res.frames.float().cpu(), res.coverage.float().cpu(), traj, views)
+        return (host.scene_to_splat(res.scene), res.frames.float().cpu(), res.coverage.float().cpu(), traj,
+                camera_info(traj, res.scene), views)
 
 
 def _noposplat_files() -> list:
@@ -365,10 +367,11 @@ class SplatReconstruct:
 
     CATEGORY = CATEGORY
     FUNCTION = "run"
-    RETURN_TYPES = ("SPLAT", "IMAGE", "STRING")
-    RETURN_NAMES = ("splat", "renders", "psnr")
+    RETURN_TYPES = ("SPLAT", "IMAGE", "STRING", "LOAD3D_CAMERA")
+    RETURN_NAMES = ("splat", "renders", "psnr", "camera_info")
     OUTPUT_TOOLTIPS = ("The reconstructed Gaussian scene.", "The scene re-rendered at the trajectory cameras.",
-                       "JSON: PSNR (dB) of every frame and input view against its target.")
+                       "JSON: PSNR (dB) of every frame and input view against its target.",
+                       "Camera of the trajectory's first frame (photo A) for Preview Splat's camera_info.")
     DESCRIPTION = ("3DGS optimisation (L1 + D-SSIM, Adam, densify/prune) of a scene to the video frames at their "
                    "trajectory cameras plus the two input photos, starting from a SPLAT (e.g. the coarse prior) "
                    "or from random Gaussians.")
@@ -423,7 +426,8 @@ class SplatReconstruct:
         bar.close()
         vals = list(res.psnr_per_view.values())
         report = {"mean_psnr": sum(vals) / len(vals), "per_view": res.psnr_per_view, "gaussians": len(res.scene)}
-        return (host.scene_to_splat(res.scene), res.renders.float().cpu(), json.dumps(report, indent=1))
+        return (host.scene_to_splat(res.scene), res.renders.float().cpu(), json.dumps(report, indent=1),
+                camera_info(traj, res.scene))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 
@@ -25,6 +26,40 @@ def _parse_color(text: str) -> tuple[float, float, float]:
         except ValueError:
             pass
     raise ValueError(f"background {text!r} is not a colour: use '#rrggbb' or 'r,g,b' with values in 0..1")
+
+
+#: fov (degrees) of core Preview Splat's viewer camera when it shows a result that carries a camera: the frontend
+#: (1.49, applyResultToLoad3d) sets the node's "Camera Config" to {fov: 75, ...saved config} and then applies only the
+#: camera_info's position, target and zoom
+PREVIEW_VIEWER_FOV = 75.0
+
+
+def camera_info(cameras, scene=None, index: int = 0) -> dict:
+    """Core ``LOAD3D_CAMERA`` dict (Preview Splat's ``camera_info``) of camera ``index`` of ``cameras`` (engine
+    Cameras, OpenCV c2w + K in pixels), so the viewer opens where that photo was taken.
+
+    three.js convention (vscene_engine.camera_formats.to_load3d): world +Y up, camera looks down -Z; our world maps
+    to it by (x, y, z) -> (x, -y, -z), as Preview Splat shows a 3DGS PLY. The viewer keeps its own fov (75 degrees,
+    :data:`PREVIEW_VIEWER_FOV`) and applies position / target / zoom, so the photo's vertical fov goes into ``zoom``
+    (core RenderSplat reads fov and zoom together and gets the same focal length); its OrbitControls look at
+    ``target``, put on the optical axis at the median depth of ``scene``'s Gaussian centres in front of the camera
+    (the orbit pivot is then the middle of the scene; 1 unit when no scene is given or nothing is in front).
+    """
+    from vscene_engine.camera_formats import to_load3d
+
+    cam = cameras[[int(index)]]
+    c2w = cam.c2w[0].detach().double().cpu()
+    dist = 1.0
+    if scene is not None and getattr(scene, "means", None) is not None and scene.means.shape[0] > 0:
+        rel = scene.means.detach().double().cpu() - c2w[:3, 3]
+        z = rel @ c2w[:3, 2]
+        z = z[torch.isfinite(z) & (z > 1e-6)]
+        if z.numel() > 0:
+            dist = float(z.median())
+    target = (c2w[:3, 3] + dist * c2w[:3, 2]).tolist()
+    with warnings.catch_warnings():  # a viewer has a centred principal point and square pixels: approximate quietly
+        warnings.simplefilter("ignore")
+        return to_load3d(cam, target=target, viewer_fov=PREVIEW_VIEWER_FOV)[0]
 
 
 def parse_cameras(text: str, load3d_camera=None, width: int = 512, height: int = 512):

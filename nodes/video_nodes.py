@@ -16,12 +16,25 @@ _NONE = "none"
 _MISSING_BASE = "(no model in models/CogVideo)"
 
 
-def _choices(folder: str, exts: tuple[str, ...], none_first: bool = True) -> list[str]:
+def _choices(folder: str, exts: tuple[str, ...], none_first: bool = True, kinds: tuple[str, ...] | None = None
+             ) -> list[str]:
+    """Dropdown entries: files of model folder ``folder`` with a suffix in ``exts`` and, when ``kinds`` is given,
+    a ``host.weights_kind`` in ``kinds`` (from the safetensors header: the DDPNet file is not offered as student
+    weights, nor the student weights as a prompt embedding)."""
     try:
-        names = [n for n in host.list_models(folder) if n.lower().endswith(exts)]
+        names = host.list_weights(folder, kinds) if kinds is not None else host.list_models(folder)
+        names = [n for n in names if n.lower().endswith(exts)]
     except Exception:  # pragma: no cover - a broken folder must not break INPUT_TYPES
         names = []
     return ([_NONE] if none_first else []) + names
+
+
+_STUDENT_KINDS = ("transformer", "unreadable")
+_EMBED_KINDS = ("prompt_embeds",)
+
+
+def _embed_choices() -> list[str]:
+    return _choices("videoscene", (".pt", ".pth", ".safetensors"), kinds=_EMBED_KINDS)
 
 
 def _activation_bytes(model, name: str) -> int:
@@ -58,10 +71,10 @@ class LoadVideoSceneModel:
             "required": {
                 "base_model": (bases, {"tooltip": "Diffusers folder in models/CogVideo/<name> (transformer/, vae/, "
                                                   "scheduler/), e.g. CogvideoX-Interpolation or CogVideoX-5b-I2V."}),
-                "weights": (_choices("videoscene", (".safetensors", ".sft")), {
+                "weights": (_choices("videoscene", (".safetensors", ".sft"), kinds=_STUDENT_KINDS), {
                     "tooltip": "VideoScene student weights (model.safetensors) in models/videoscene; 'none' runs "
                                "the base model as is."}),
-                "prompt_embeds": (_choices("videoscene", (".pt", ".pth", ".safetensors")), {
+                "prompt_embeds": (_embed_choices(), {
                     "tooltip": "Fixed prompt embedding (prompt_embeds.pt) in models/videoscene. 'none': encode "
                                "the prompt below with the folder's text encoder (needs transformers)."}),
                 "precision": (["auto", "bf16", "fp32", "fp16"], {
@@ -80,7 +93,7 @@ class LoadVideoSceneModel:
                 "prompt": ("STRING", {"multiline": True, "default": "",
                                       "tooltip": "Only used when prompt_embeds = none and the base folder has "
                                                  "text_encoder/ and tokenizer/."}),
-                "negative_prompt_embeds": (_choices("videoscene", (".pt", ".pth", ".safetensors")), {
+                "negative_prompt_embeds": (_embed_choices(), {
                     "tooltip": "Embedding of the negative prompt, for the teacher's classifier-free guidance."}),
             },
         }

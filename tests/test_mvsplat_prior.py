@@ -143,9 +143,10 @@ def test_coarse_splat_prior_node_mvsplat(weights_file, tmp_path, monkeypatch):
     node = pn.CoarseSplatPrior()
     with pytest.raises(ValueError, match="needs mvsplat_weights"):
         node.run(views, "mvsplat", 3, "interpolate", "linear", 8, "#ffffff")
-    splat, frames, cover, traj, views_out = node.run(views, "mvsplat", 3, "interpolate", "linear", 8, "#ffffff",
-                                                     mvsplat_weights="small.safetensors", mvsplat_size=64)
-    assert views_out is views                                               # mvsplat keeps the given cameras
+    out = node.run(views, "mvsplat", 3, "interpolate", "linear", 8, "#ffffff", mvsplat_weights="small.safetensors",
+                   mvsplat_size=64)
+    splat, frames, cover, traj = out[:4]
+    assert out[-1] is views                                                 # mvsplat keeps the given cameras
     assert frames.shape == (3, 64, 96, 3) and cover.shape == (3, 64, 96) and len(traj) == 3
     scenes = host.splat_to_scenes(splat)
     assert len(scenes[0]) == 2 * 64 * 64 and scenes[0].sh.shape[1] == 16   # degree 4 -> 3 for core viewers

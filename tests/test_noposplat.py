@@ -376,8 +376,8 @@ def test_coarse_splat_prior_node_noposplat(tiny_net, tmp_path, monkeypatch):
     node = pn.CoarseSplatPrior()
     with pytest.raises(ValueError, match="needs noposplat_weights"):
         node.run(views, "noposplat", 3, "interpolate", "linear", 8, "#000000")
-    splat, frames, cover, traj, out_views = node.run(views, "noposplat", 3, "se3", "linear", 8, "#000000",
-                                                     noposplat_weights="tiny.safetensors")
+    out = node.run(views, "noposplat", 3, "se3", "linear", 8, "#000000", noposplat_weights="tiny.safetensors")
+    (splat, frames, cover, traj), out_views = out[:4], out[-1]
     assert frames.shape == (3, 64, 96, 3) and cover.shape == (3, 64, 96) and len(traj) == 3
     assert len(host.splat_to_scenes(splat)[0]) == 2 * 32 * 32
     c = out_views.cameras
@@ -390,7 +390,7 @@ def test_coarse_splat_prior_node_noposplat(tiny_net, tmp_path, monkeypatch):
     # the path runs from NoPoSplat's camera A to its camera B
     assert torch.allclose(traj.c2w[0], c.c2w[0], atol=1e-5) and torch.allclose(traj.c2w[-1], c.c2w[1], atol=1e-4)
     out = node.run(views, "stereo", 3, "se3", "linear", 8, "#000000")
-    assert out[4] is views
+    assert out[-1] is views
 
 
 def test_cli_prior_noposplat(tiny_net, tmp_path):

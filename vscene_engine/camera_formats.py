@@ -929,14 +929,28 @@ def to_load3d(
     fov_axis: str = "vertical",
     target_distance: float = 1.0,
     target=None,
+    viewer_fov: float | None = None,
 ) -> list[dict]:
-    """Cameras -> list of ComfyUI ``LOAD3D_CAMERA`` dicts (perspective, zoom 1, exact ``quaternion``).
+    """Cameras -> list of ComfyUI ``LOAD3D_CAMERA`` dicts (perspective, exact ``quaternion``).
+
+    Output convention (three.js / OpenGL): right-handed world with +Y up, the camera looks down its local -Z with
+    local +Y = image up; ``position``/``target`` in that world. With ``flip_world=True`` (default) our OpenCV world
+    (+y down, +z forward) maps to it by ``(x, y, z) -> (x, -y, -z)``, which is how ComfyUI's Preview Splat shows a
+    3DGS PLY (its splat mesh gets a 180 degree rotation about X) and how RenderSplat maps back; the camera
+    rotation is ``R_gl = F @ R_cv @ diag(1, -1, -1)`` with ``F = diag(1, -1, -1)``.
 
     ``target`` (a world point, our coordinates) is written as every camera's OrbitControls target; default: the
-    point ``target_distance`` along each viewing direction. Lossy: three.js has square pixels and a centred
-    principal point, so ``fx != fy`` or an off-centre principal point produce a warning (the fov is taken from
-    ``fy``). ``flip_world``/``fov_axis`` as in :func:`from_load3d`.
+    point ``target_distance`` along each viewing direction (a viewer's OrbitControls turn the camera to look at the
+    target, so keep it on the optical axis to keep the view). ``fov``: the *vertical* field of view from ``fy``
+    (``fov_axis="min"``: from the shorter side), ``zoom`` 1. ``viewer_fov`` (degrees): write this fov instead and put
+    the camera's focal length into ``zoom = tan(viewer_fov / 2) / tan(fov / 2)`` (three.js zoom scales the focal
+    length) — for viewers that keep their own fov and apply only position / target / zoom (ComfyUI's Preview Splat:
+    35 degrees); :func:`from_load3d` reads either form back to the same K. Lossy: three.js has square pixels and a
+    centred principal point, so ``fx != fy`` or an off-centre principal point produce a warning (the fov is taken
+    from ``fy``). ``flip_world``/``fov_axis`` as in :func:`from_load3d`.
     """
+    if viewer_fov is not None and not 0 < float(viewer_fov) < 180:
+        raise ValueError(f"to_load3d: viewer_fov must be in (0, 180) degrees, got {viewer_fov}")
     c2w, K = _np(cams.c2w), _np(cams.K)
     W, H = cams.width, cams.height
     if (np.abs(K[:, 0, 0] - K[:, 1, 1]) > 1e-4 * K[:, 1, 1]).any():
@@ -958,11 +972,15 @@ def to_load3d(
             tgt = pos - R_gl[:, 2] * float(target_distance)
         qw, qx, qy, qz = rotmat_to_quat(torch.as_tensor(R_gl)).tolist()
         fov = math.degrees(2 * math.atan(size / (2 * K[i, 1, 1])))
+        zoom = 1.0
+        if viewer_fov is not None:
+            zoom = math.tan(math.radians(float(viewer_fov)) / 2) / math.tan(math.radians(fov) / 2)
+            fov = float(viewer_fov)
         xyz = lambda v: {"x": float(v[0]), "y": float(v[1]), "z": float(v[2])}
         out.append({
             "position": xyz(pos), "target": xyz(tgt),
             "quaternion": {"x": qx, "y": qy, "z": qz, "w": qw},
-            "zoom": 1.0, "cameraType": "perspective", "fov": fov, "aspect": W / H,
+            "zoom": zoom, "cameraType": "perspective", "fov": fov, "aspect": W / H,
             "near": float(cams.near[i]), "far": float(cams.far[i]),
         })
     return out
