@@ -129,3 +129,19 @@ def test_thread_policy(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(n0)
+
+
+def test_numba_probe_and_render_inside_inference_mode(monkeypatch):
+    """ComfyUI runs every node under torch.inference_mode(): the guarded first call must still pass there (it once
+    failed, silently sending ComfyUI users to the slow torch backend), and auto then renders with numba."""
+    if raster_numba.numba is None:
+        pytest.skip("numba not installed")
+    monkeypatch.setitem(raster_numba._STATE, "checked", False)
+    monkeypatch.setitem(raster_numba._STATE, "ok", False)
+    scene, cams = _scene(20, 1, 0), _camera()
+    with torch.inference_mode():
+        assert raster_numba.usable(), raster_numba._STATE["reason"]
+        out = render(scene, cams, backend="auto")
+    assert out.backend == "numba"
+    ref = render(scene, cams, backend="torch")
+    assert torch.allclose(out.rgb.double(), ref.rgb.double(), atol=1e-6)

@@ -381,11 +381,13 @@ def usable() -> bool:
         try:
             if numba is None:
                 raise ImportError(_IMPORT_ERROR or "numba is not installed")
-            gp = torch.tensor([[4.0, 4.0, 0.5, 0.0, 0.5, 0.8, 2.0, 1.0, 0.5, 0.2],
-                               [4.5, 3.5, 0.3, 0.1, 0.4, 0.6, 3.0, 0.1, 0.9, 0.3]], dtype=torch.float64,
-                              requires_grad=True)
-            ext = torch.full((2, 2), 8.0, dtype=torch.float64)
-            with torch.enable_grad():  # the probe may run inside a caller's no_grad block
+            # the probe may run inside a caller's no_grad block or ComfyUI's torch.inference_mode(), where tensors
+            # made here could not take part in autograd: leave both for the probe
+            with torch.inference_mode(False), torch.enable_grad():
+                gp = torch.tensor([[4.0, 4.0, 0.5, 0.0, 0.5, 0.8, 2.0, 1.0, 0.5, 0.2],
+                                   [4.5, 3.5, 0.3, 0.1, 0.4, 0.6, 3.0, 0.1, 0.9, 0.3]], dtype=torch.float64,
+                                  requires_grad=True)
+                ext = torch.full((2, 2), 8.0, dtype=torch.float64)
                 c, d, t = composite(gp, ext, 8, 8, 4)
                 (c.sum() + d.sum() + t.sum()).backward()
             # pixel (3, 3), centre (3.5, 3.5): Gaussian 0 (z = 2) at σ = 0.125 first, then Gaussian 1 at σ = 0.15
