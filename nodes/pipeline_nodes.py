@@ -262,33 +262,6 @@ class CoarseSplatPrior:
                 camera_info(traj, res.scene), views)
 
 
-def _noposplat_files() -> list:
-    try:
-        return [n for n in host.list_models("noposplat")
-                if n.lower().endswith((".safetensors", ".sft", ".ckpt", ".pt", ".pth"))]
-    except Exception:  # pragma: no cover
-        return []
-
-
-_NOPOSPLAT_CACHE: dict = {}
-
-
-def _noposplat_model(path: str):
-    """The NoPoSplat network of a weights file under the host's memory manager (one cached per file version)."""
-    import os
-
-    from vscene_engine.noposplat import load_noposplat
-
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
-    if key not in _NOPOSPLAT_CACHE:
-        _NOPOSPLAT_CACHE.clear()
-        net = load_noposplat(path, device="cpu")
-        size = sum(p.numel() * p.element_size() for p in net.parameters())
-        _NOPOSPLAT_CACHE[key] = host.ManagedModule(net, size=size)
-    return _NOPOSPLAT_CACHE[key]
-
-
 def _noposplat_views(views, weights, intrinsics, refine_steps):
     """Run method noposplat on ``views`` -> (PriorResult, the views with NoPoSplat's cameras)."""
     from vscene_engine.prior import coarse_prior
@@ -335,31 +308,56 @@ def _depth_prior_kwargs(views, depth, confidence, encoding, min_confidence) -> d
     return kw
 
 
-def _mvsplat_files() -> list:
+_PRIOR_WEIGHT_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
+
+
+def _weight_files(folder: str) -> list:
+    """Weights files in a model folder (``models/mvsplat``, ``models/noposplat``) for a dropdown."""
     try:
-        return [n for n in host.list_models("mvsplat")
-                if n.lower().endswith((".safetensors", ".sft", ".ckpt", ".pt", ".pth"))]
+        return [n for n in host.list_models(folder) if n.lower().endswith(_PRIOR_WEIGHT_EXTS)]
     except Exception:  # pragma: no cover
         return []
 
 
-_MVSPLAT_CACHE: dict = {}
+def _mvsplat_files() -> list:
+    return _weight_files("mvsplat")
 
 
-def _mvsplat_model(path: str):
-    """The MVSplat encoder of a weights file under the host's memory manager (one cached per file version)."""
+def _noposplat_files() -> list:
+    return _weight_files("noposplat")
+
+
+_MODEL_CACHE: dict = {}  # folder -> (file key, ManagedModule): one network per prior kept, per file version
+
+
+def _managed_network(folder: str, path: str, load):
+    """The network ``load(path, device="cpu")`` of a weights file under the host's memory manager, cached per
+    (folder, file version)."""
     import os
-
-    from vscene_engine.mvsplat import load_mvsplat
 
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
-    if key not in _MVSPLAT_CACHE:
-        _MVSPLAT_CACHE.clear()
-        enc = load_mvsplat(path, device="cpu")
-        size = sum(p.numel() * p.element_size() for p in enc.parameters())
-        _MVSPLAT_CACHE[key] = host.ManagedModule(enc, size=size)
-    return _MVSPLAT_CACHE[key]
+    hit = _MODEL_CACHE.get(folder)
+    if hit is None or hit[0] != key:
+        _MODEL_CACHE.pop(folder, None)
+        net = load(path, device="cpu")
+        size = sum(p.numel() * p.element_size() for p in net.parameters())
+        _MODEL_CACHE[folder] = (key, host.ManagedModule(net, size=size))
+    return _MODEL_CACHE[folder][1]
+
+
+def _mvsplat_model(path: str):
+    """The MVSplat encoder of a weights file under the host's memory manager."""
+    from vscene_engine.mvsplat import load_mvsplat
+
+    return _managed_network("mvsplat", path, load_mvsplat)
+
+
+def _noposplat_model(path: str):
+    """The NoPoSplat network of a weights file under the host's memory manager."""
+    from vscene_engine.noposplat import load_noposplat
+
+    return _managed_network("noposplat", path, load_noposplat)
 
 
 class SplatReconstruct:
