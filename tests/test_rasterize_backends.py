@@ -231,3 +231,18 @@ def test_numba_nograd_bad_values_raise_as_before(field, value, msg):
     getattr(scene, field)[3] = value
     with torch.no_grad(), pytest.raises(ValueError, match=msg):
         render(scene, _camera(), backend="numba")
+
+
+@needs_numba
+def test_numba_nograd_work_buffers_reused_and_released():
+    """render_nograd keeps its per-Gaussian work arrays between calls: a smaller scene after a larger one renders as
+    from fresh arrays, and release_buffers frees them."""
+    big, small, cam = _scene(300, 1, seed=12), _scene(40, 3, seed=13), _camera()
+    raster_numba.release_buffers()
+    fresh = render(small, cam, backend="numba")
+    render(big, cam, backend="numba")
+    assert raster_numba._BUFFERS["n"] == 300
+    again = render(small, cam, backend="numba")
+    assert torch.equal(fresh.rgb, again.rgb) and torch.equal(fresh.depth, again.depth)
+    raster_numba.release_buffers()
+    assert not raster_numba._BUFFERS

@@ -478,12 +478,28 @@ def _bin_tiles_par(rect, order, tile, tiles_x, n_tiles):
     return offsets, ids
 
 
+_BUFFERS = {}  # per-Gaussian work arrays of render_nograd, kept between calls (see release_buffers)
+
+
+def release_buffers() -> None:
+    """Free the per-Gaussian work arrays :func:`render_nograd` keeps between calls (~100 bytes per Gaussian of the
+    largest scene rendered; re-using them saves the page faults of fresh allocations, ~20 ms at 221k Gaussians)."""
+    with _LOCK:
+        _BUFFERS.clear()
+
+
+def _buffers(N):
+    """rec [N,10], rect [N,4], keep [N]: views of arrays grown to the largest N seen (callers hold _LOCK)."""
+    if _BUFFERS.get("n", -1) < N:
+        _BUFFERS.clear()
+        _BUFFERS.update(n=N, rec=np.empty((N, 10)), rect=np.empty((N, 4), np.int64), keep=np.empty(N, np.int64))
+    return _BUFFERS["rec"][:N], _BUFFERS["rect"][:N], _BUFFERS["keep"][:N]
+
+
 def _render_nograd_arrays(means, scales, quats, opac, sh, deg, cam, width, height, tile, eps2d, antialiased, near,
                           far):
     N = means.shape[0]
-    rec = np.empty((N, 10))
-    rect = np.empty((N, 4), np.int64)
-    keep = np.empty(N, np.int64)
+    rec, rect, keep = _buffers(N)  # every entry read later is written by _project first
     _project(means, scales, quats, opac, sh, deg, cam, width, height, eps2d, antialiased, near, far, rec, rect, keep)
     order = _depth_order(rec, keep)
     tiles_x, tiles_y = (width + tile - 1) // tile, (height + tile - 1) // tile
