@@ -145,3 +145,104 @@ def test_numba_probe_and_render_inside_inference_mode(monkeypatch):
     assert out.backend == "numba"
     ref = render(scene, cams, backend="torch")
     assert torch.allclose(out.rgb.double(), ref.rgb.double(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The numba backend has two forward paths: with autograd (projection + SH in torch, then the compiled compositing)
+# and without (raster_numba.render_nograd: projection, SH, culling, depth sort and binning compiled too). Inputs
+# that do not require grad take the second one, so every numba case of test_rasterize.py runs it; the tests below
+# also run the first one (inputs requiring grad) against the brute-force reference and compare the two directly.
+def _with_grad(scene):
+    return GaussianScene(*[getattr(scene, k).detach().clone().requires_grad_(True) for k in NAMES])
+
+
+@needs_numba
+@pytest.mark.parametrize("deg", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("antialiased", [False, True])
+@pytest.mark.parametrize("tile", [None, 5])
+def test_numba_nograd_path_equals_autograd_path_and_reference(deg, antialiased, tile):
+    from raster_reference import render_dense
+
+    from test_rasterize import _ok, _cmp
+    from vscene_engine.cameras import look_at
+
+    scene = _scene(160, deg, seed=30 + deg)
+    c2w = look_at(torch.tensor([0.7, -0.3, -0.4], dtype=F64), torch.tensor([0.0, 0.0, 3.0], dtype=F64))
+    cam = _camera(W=41, H=29, c2w=c2w)
+    ref = render_dense(scene, cam.c2w[0], cam.K[0], 41, 29, bg=(0.2, 0.5, 0.9), antialiased=antialiased)
+    kw = dict(background=(0.2, 0.5, 0.9), backend="numba", antialiased=antialiased, tile=tile)
+    grad_path = render(_with_grad(scene), cam, **kw)
+    assert grad_path.rgb.requires_grad  # really the autograd path
+    with torch.no_grad():
+        nograd = render(_with_grad(scene), cam, **kw)
+    with torch.inference_mode():
+        inf = render(scene, cam, **kw)
+    assert not nograd.rgb.requires_grad
+    grad_path = type(grad_path)(grad_path.rgb.detach(), grad_path.alpha.detach(), grad_path.depth.detach())
+    for out in (grad_path, nograd, inf):
+        assert _ok(out, ref, "numba"), _cmp(out, ref)
+    for a, b in ((grad_path.rgb, nograd.rgb), (grad_path.alpha, nograd.alpha), (grad_path.depth, nograd.depth)):
+        assert float((a - b).abs().max()) <= 1e-9
+    assert torch.equal(nograd.rgb, inf.rgb)
+
+
+@needs_numba
+def test_numba_nograd_depth_ties_keep_scene_order():
+    """Equal depths composite in scene order (a stable sort), as in the torch backend: pairs of Gaussians at the
+    same depth with different colours."""
+    base = _scene(40, 1, seed=8, kind="plain")
+    means = torch.cat([base.means, base.means + torch.tensor([0.05, -0.03, 0.0], dtype=F64)])  # same z
+    sc = GaussianScene(means, torch.cat([base.scales, base.scales.flip(0)]), torch.cat([base.quats, base.quats]),
+                       torch.cat([base.opacities, base.opacities.flip(0)]).clamp(0.3, 0.95),
+                       torch.cat([base.sh, -base.sh]))
+    cam = _camera(W=32, H=24)
+    with torch.no_grad():
+        a = render(sc, cam, backend="numba")
+        b = render(sc, cam, backend="torch")
+    assert float((a.rgb - b.rgb).abs().max()) <= 1e-9 and float((a.depth - b.depth).abs().max()) <= 1e-8
+
+
+@needs_numba
+def test_numba_nograd_degenerate_scenes():
+    """Everything culled at projection (opacity below 1/255, all behind the camera, all off screen), one Gaussian,
+    and 0 Gaussians: the same images as the torch backend."""
+    cam = _camera()
+    sc = _scene(30, 2, seed=9)
+    faint = GaussianScene(sc.means, sc.scales, sc.quats, torch.full_like(sc.opacities, 1e-3), sc.sh)
+    behind = GaussianScene(sc.means * torch.tensor([1.0, 1.0, -1.0], dtype=F64), sc.scales, sc.quats, sc.opacities,
+                           sc.sh)
+    off = GaussianScene(sc.means + torch.tensor([50.0, 0.0, 0.0], dtype=F64), sc.scales * 0.01, sc.quats,
+                        sc.opacities, sc.sh)
+    one = GaussianScene(*[getattr(sc, k)[5:6] for k in NAMES])
+    empty = GaussianScene.empty(sh_degree=2, dtype=F64)
+    for s in (faint, behind, off, one, empty):
+        with torch.no_grad():
+            a = render(s, cam, background=(0.1, 0.2, 0.3), backend="numba")
+        b = render(s, cam, background=(0.1, 0.2, 0.3), backend="torch")
+        assert float((a.rgb - b.rgb).abs().max()) <= 1e-12 and float((a.alpha - b.alpha).abs().max()) <= 1e-12
+    assert float(a.alpha.abs().max()) == 0.0  # the empty scene
+
+
+@needs_numba
+@pytest.mark.parametrize("field,value,msg", [("means", float("nan"), "non-finite"), ("scales", 0.0, "positive"),
+                                             ("quats", 0.0, "all zero")])
+def test_numba_nograd_bad_values_raise_as_before(field, value, msg):
+    scene = _scene(10, 1, seed=0)
+    getattr(scene, field)[3] = value
+    with torch.no_grad(), pytest.raises(ValueError, match=msg):
+        render(scene, _camera(), backend="numba")
+
+
+@needs_numba
+def test_numba_nograd_work_buffers_reused_and_released():
+    """render_nograd keeps its per-Gaussian work arrays between calls: a smaller scene after a larger one renders as
+    from fresh arrays, and release_buffers frees them."""
+    big, small, cam = _scene(300, 1, seed=12), _scene(40, 3, seed=13), _camera()
+    raster_numba.release_buffers()
+    fresh = render(small, cam, backend="numba")
+    render(big, cam, backend="numba")
+    assert raster_numba._BUFFERS["n"] == 300
+    again = render(small, cam, backend="numba")
+    assert torch.equal(fresh.rgb, again.rgb) and torch.equal(fresh.depth, again.depth)
+    raster_numba.release_buffers()
+    assert not raster_numba._BUFFERS

@@ -32,7 +32,9 @@ Backends (all produce the image above; ``RenderOutput.backend`` says which one r
   pixel. The reference the others are tested against.
 * ``"numba"``: the same projection in torch, then the per-tile, per-pixel front-to-back loop compiled for the CPU
   (:mod:`vscene_engine.raster_numba`: float64, parallel over tiles, hand-written backward). Equal to ``"torch"`` to
-  ~1e-12. Its thread policy (non-spinning pool, ``torch.get_num_threads()`` threads) is documented there.
+  ~1e-12. When no gradient is needed (grad mode off or no input requiring grad) projection, SH, culling, depth sort
+  and binning are compiled too (``raster_numba.render_nograd``, float64 whatever the scene dtype). Its thread policy
+  (non-spinning pool, ``torch.get_num_threads()`` threads) is documented there.
 * ``"torch32"``: the torch rasterizer with no float64 anywhere (MPS has none, consumer NVIDIA cards run it at 1/64
   speed): alpha in float32, transmittance scanned in int64 fixed point. Equal to the reference to float32 rounding
   (~1e-6, tested at 5e-5).
@@ -516,8 +518,12 @@ def render(
             kw = dict(eps2d=eps2d, antialiased=antialiased, near_plane=near_plane, far_plane=far_plane,
                       sh_degree=sh_degree)
             with raster_numba.torch_threads(raster_numba.TORCH_GLUE_THREADS):  # see raster_numba.torch_threads
-                proj = _project_few_threads(scene, c2ws[i], Ks[i], W, H, kw)
-                rgb, alpha, depth = _render_one_numba(proj, W, H, bg, tile or raster_numba.TILE)
+                if not _needs_grad(scene, c2ws[i], Ks[i]):  # no autograd: projection + SH compiled as well
+                    C, D, T = raster_numba.render_nograd(scene, c2ws[i], Ks[i], W, H, tile or raster_numba.TILE, **kw)
+                    rgb, alpha, depth = _finish_numba(C, D, T, bg)
+                else:
+                    proj = _project_few_threads(scene, c2ws[i], Ks[i], W, H, kw)
+                    rgb, alpha, depth = _render_one_numba(proj, W, H, bg, tile or raster_numba.TILE)
         else:
             proj = project_gaussians(
                 scene, c2ws[i], Ks[i], W, H, eps2d=eps2d, antialiased=antialiased, near_plane=near_plane,
@@ -587,6 +593,17 @@ def _render_one_numba(proj: Projected, width: int, height: int, background: torc
         [proj.means2d, proj.conic, proj.opacity[:, None], proj.depth[:, None], proj.color], 1
     ).index_select(0, order)
     C, D, T = raster_numba.composite(gp, proj.extent.index_select(0, order), width, height, tile)
+    return _finish_numba(C, D, T, background)
+
+
+def _needs_grad(scene, c2w, K) -> bool:
+    """Whether autograd must see this render (grad mode on and some input requires grad)."""
+    return torch.is_grad_enabled() and any(
+        t.requires_grad for t in (scene.means, scene.scales, scene.quats, scene.opacities, scene.sh, c2w, K))
+
+
+def _finish_numba(C, D, T, background):
+    """C [H,W,3] = Σ w c, D [H,W] = Σ w z, T [H,W] -> rgb [H,W,3], alpha [H,W,1], depth [H,W,1]."""
     alpha = 1.0 - T
     rgb = C + T[..., None] * background.to(C)
     depth = torch.where(alpha > 0, D / alpha.clamp_min(1e-12), torch.zeros_like(alpha))
