@@ -246,3 +246,20 @@ def test_numba_nograd_work_buffers_reused_and_released():
     assert torch.equal(fresh.rgb, again.rgb) and torch.equal(fresh.depth, again.depth)
     raster_numba.release_buffers()
     assert not raster_numba._BUFFERS
+
+
+def test_compiled_projection_probe_and_fallback(monkeypatch):
+    """The compiled no-grad path has its own guarded first call; when it fails (here: forced), no-grad renders fall
+    back to the torch projection + compiled compositing and stay exact."""
+    if raster_numba.numba is None:
+        pytest.skip("numba not installed")
+    monkeypatch.delitem(raster_numba._STATE, "nograd_ok", raising=False)
+    assert raster_numba.nograd_usable(), raster_numba._STATE.get("nograd_reason")
+    scene, cams = _scene(30, 2, 1), _camera()
+    ref = render(scene, cams, backend="torch")
+    with torch.no_grad():
+        fast = render(scene, cams, backend="numba")
+        monkeypatch.setitem(raster_numba._STATE, "nograd_ok", False)
+        slow = render(scene, cams, backend="numba")
+    for out in (fast, slow):
+        assert torch.allclose(out.rgb, ref.rgb, atol=1e-9) and torch.allclose(out.alpha, ref.alpha, atol=1e-9)

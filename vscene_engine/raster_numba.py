@@ -659,6 +659,40 @@ def composite(gp: torch.Tensor, ext: torch.Tensor, width: int, height: int, tile
     return _Composite.apply(gp, ext, int(width), int(height), int(tile))
 
 
+def nograd_usable() -> bool:
+    """Guarded first call of the fully compiled forward (:func:`render_nograd`): it compiles and renders a
+    two-Gaussian scene equal to the :func:`composite` path. When it fails, the caller keeps the torch projection +
+    :func:`composite` (warned once) instead of raising on a user's machine."""
+    st = _STATE
+    if "nograd_ok" not in st:
+        st["nograd_ok"] = False
+        try:
+            from .gaussians import GaussianScene
+            from .rasterize import project_gaussians
+
+            with torch.inference_mode(False), torch.no_grad():
+                sc = GaussianScene(means=torch.tensor([[0.0, 0.0, 2.0], [0.1, -0.05, 3.0]], dtype=torch.float64),
+                                   scales=torch.tensor([[0.05, 0.08, 0.05], [0.1, 0.06, 0.07]], dtype=torch.float64),
+                                   quats=torch.tensor([[1.0, 0, 0, 0], [0.9, 0.1, 0.2, 0.3]], dtype=torch.float64),
+                                   opacities=torch.tensor([0.8, 0.6], dtype=torch.float64),
+                                   sh=torch.tensor([[[0.5, 0.1, -0.2]], [[-0.3, 0.4, 0.2]]], dtype=torch.float64))
+                c2w = torch.eye(4, dtype=torch.float64)
+                K = torch.tensor([[10.0, 0, 8], [0, 10.0, 8], [0, 0, 1]], dtype=torch.float64)
+                C, D, T = render_nograd(sc, c2w, K, 16, 16, 8)
+                p = project_gaussians(sc, c2w, K, 16, 16)
+                gp = torch.cat([p.means2d, p.conic, p.opacity[:, None], p.depth[:, None], p.color], 1)
+                order = torch.argsort(p.depth, stable=True)
+                C2, D2, T2 = composite(gp[order], p.extent[order], 16, 16, 8)
+            st["nograd_ok"] = bool(torch.allclose(C, C2, atol=1e-9) and torch.allclose(T, T2, atol=1e-9))
+            if not st["nograd_ok"]:
+                st["nograd_reason"] = "test render differs from the composite path"
+        except Exception as e:  # compile error, missing symbol ... -> the torch projection path
+            st["nograd_reason"] = f"{type(e).__name__}: {e}"
+        if not st["nograd_ok"]:
+            warnings.warn(f"numba compiled projection unavailable ({st.get('nograd_reason')}); projecting in torch.")
+    return st["nograd_ok"]
+
+
 def usable() -> bool:
     """Guarded first call: numba imports, compiles and renders a two-Gaussian scene correctly (forward + backward)."""
     st = _STATE

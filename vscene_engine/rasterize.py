@@ -518,7 +518,7 @@ def render(
             kw = dict(eps2d=eps2d, antialiased=antialiased, near_plane=near_plane, far_plane=far_plane,
                       sh_degree=sh_degree)
             with raster_numba.torch_threads(raster_numba.TORCH_GLUE_THREADS):  # see raster_numba.torch_threads
-                if not _needs_grad(scene, c2ws[i], Ks[i]):  # no autograd: projection + SH compiled as well
+                if not _needs_grad(scene, c2ws[i], Ks[i]) and raster_numba.nograd_usable():  # compiled projection too
                     C, D, T = raster_numba.render_nograd(scene, c2ws[i], Ks[i], W, H, tile or raster_numba.TILE, **kw)
                     rgb, alpha, depth = _finish_numba(C, D, T, bg)
                 else:
