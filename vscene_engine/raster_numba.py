@@ -114,29 +114,6 @@ def _pixel_rects(gp, ext, width, height):
     return rect
 
 
-@_jit
-def _bin_tiles(rect, tile, tiles_x, n_tiles):
-    """Per-tile Gaussian lists in depth order: offsets [n_tiles+1], ids [n_isect] (serial, so order is kept)."""
-    G = rect.shape[0]
-    counts = np.zeros(n_tiles + 1, np.int64)
-    for g in range(G):
-        if rect[g, 0] > rect[g, 1] or rect[g, 2] > rect[g, 3]:
-            continue
-        for ty in range(rect[g, 2] // tile, rect[g, 3] // tile + 1):
-            for tx in range(rect[g, 0] // tile, rect[g, 1] // tile + 1):
-                counts[ty * tiles_x + tx + 1] += 1
-    offsets = np.cumsum(counts)
-    fill = offsets[:-1].copy()
-    ids = np.empty(offsets[-1], np.int64)
-    for g in range(G):
-        if rect[g, 0] > rect[g, 1] or rect[g, 2] > rect[g, 3]:
-            continue
-        for ty in range(rect[g, 2] // tile, rect[g, 3] // tile + 1):
-            for tx in range(rect[g, 0] // tile, rect[g, 1] // tile + 1):
-                t = ty * tiles_x + tx
-                ids[fill[t]] = g
-                fill[t] += 1
-    return offsets, ids
 
 
 @_jit(parallel=True)
@@ -439,7 +416,7 @@ def _depth_order(rec, keep):
 
 @_jit(parallel=True)
 def _bin_tiles_par(rect, order, tile, tiles_x, n_tiles):
-    """As :func:`_bin_tiles` for the Gaussians ``order`` (depth order; ids are entries of ``order``), with
+    """Per-tile Gaussian lists (offsets [n_tiles+1], ids [n_isect]) for the Gaussians ``order`` (depth order; ids are entries of ``order``), with
     _BIN_BLOCKS depth-ordered blocks counted and filled in parallel (each block writes its own slice of every tile's
     list, blocks in order, so every list is in depth order)."""
     G = order.shape[0]
@@ -627,7 +604,7 @@ class _Composite(torch.autograd.Function):
         ext64 = np.ascontiguousarray(ext.detach().to("cpu", torch.float64).numpy())
         tiles_x, tiles_y = (width + tile - 1) // tile, (height + tile - 1) // tile
         rect = _pixel_rects(gp64, ext64, width, height)
-        offsets, ids = _bin_tiles(rect, tile, tiles_x, tiles_x * tiles_y)
+        offsets, ids = _run(_bin_tiles_par, rect, np.arange(rect.shape[0]), tile, tiles_x, tiles_x * tiles_y)
         c = np.empty((height, width, 3))
         d = np.empty((height, width))
         t = np.empty((height, width))
