@@ -63,8 +63,7 @@ import torch
 
 __all__ = [
     "UnsafeCheckpointError", "CheckpointError", "StubGlobal", "StubObject", "RestrictedUnpickler",
-    "load_checkpoint", "read_state_dict", "convert_to_safetensors", "add_parser",
-]
+    "load_checkpoint", "read_state_dict", "convert_to_safetensors", "add_parser", "state_dict_mismatch"]
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -1061,3 +1060,21 @@ def add_parser(sub) -> None:
                                                         "names are kept whole)")
     c.add_argument("--all-keys", action="store_true", help="keep every tensor (ignore --prefix)")
     c.set_defaults(func=cmd_convert)
+
+
+def state_dict_mismatch(ref: dict, sd: dict) -> str | None:
+    """What keeps ``sd`` from loading strictly into a module whose ``state_dict()`` is ``ref`` (shapes only, so
+    ``ref`` may live on the meta device): a "; "-joined summary of missing, unexpected and wrong-shape keys with
+    examples, or None when every key and shape matches."""
+    missing = [k for k in ref if k not in sd]
+    unexpected = [k for k in sd if k not in ref]
+    bad = [f"{k} {tuple(sd[k].shape)} != {tuple(ref[k].shape)}" for k in ref
+           if k in sd and tuple(sd[k].shape) != tuple(ref[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[:5]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})")
+    if bad:
+        parts.append(f"{len(bad)} with the wrong shape (e.g. {bad[:3]})")
+    return "; ".join(parts) or None

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..gaussians import rotmat_to_quat
+from ..safe_ckpt import state_dict_mismatch
 from .adapter import GaussianAdapter, quaternion_xyzw_to_matrix
 from .backbone import BackboneMultiview
 from .config import MVSplatConfig
@@ -203,19 +204,9 @@ def load_mvsplat(path, device="cpu", dtype: torch.dtype = torch.float32, config:
     with torch.device("meta"):
         model = MVSplatEncoder(cfg)
     ref = model.state_dict()
-    missing = [k for k in ref if k not in sd]
-    unexpected = [k for k in sd if k not in ref]
-    shape = [f"{k} {tuple(sd[k].shape)} != {tuple(ref[k].shape)}" for k in ref
-             if k in sd and tuple(sd[k].shape) != tuple(ref[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})")
-        if shape:
-            parts.append(f"{len(shape)} with wrong shape (e.g. {shape[:3]})")
-        raise ValueError(f"{path.name} does not match the MVSplat encoder ({cfg}): " + "; ".join(parts))
+    problem = state_dict_mismatch(ref, sd)
+    if problem:
+        raise ValueError(f"{path.name} does not match the MVSplat encoder ({cfg}): {problem}")
     model = MVSplatEncoder(cfg)
     model.load_state_dict(sd, strict=True)
     return model.to(device=device, dtype=dtype).eval()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..safe_ckpt import state_dict_mismatch
 from .config import RELEASE_FILES, NoPoSplatConfig
 from .model import NoPoSplatNet
 
@@ -95,19 +96,9 @@ def load_noposplat(path, device="cpu", dtype: torch.dtype = torch.float32, confi
                          f"{e}); expected the release's re10k.ckpt / acid.ckpt / mixRe10kDl3dv*.ckpt") from None
     with torch.device("meta"):
         ref = NoPoSplatNet(cfg).state_dict()
-    missing = [k for k in ref if k not in sd]
-    unexpected = [k for k in sd if k not in ref]
-    bad = [f"{k} {tuple(sd[k].shape)} != {tuple(ref[k].shape)}" for k in ref
-           if k in sd and tuple(sd[k].shape) != tuple(ref[k].shape)]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:4]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:4]})")
-        if bad:
-            parts.append(f"{len(bad)} with the wrong shape (e.g. {bad[:3]})")
-        raise ValueError(f"{path.name} does not match the NoPoSplat network: " + "; ".join(parts))
+    problem = state_dict_mismatch(ref, sd)
+    if problem:
+        raise ValueError(f"{path.name} does not match the NoPoSplat network: {problem}")
     model = NoPoSplatNet(cfg)
     model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, strict=True)
     return model.to(device=device, dtype=dtype).eval()
