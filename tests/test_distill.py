@@ -17,7 +17,7 @@ from tiny_cogvideo_fixtures import FRAMES, H, SCHED_5B, W
 from tiny_cogvideo_fixtures import tiny_modules as _tiny_modules
 
 from vscene_engine import distill as D
-from vscene_engine import leap
+from vscene_engine import leap, schedule
 from vscene_engine.cogvideo_load import apply_weights
 from vscene_engine.videomodel import VideoModel
 
@@ -93,7 +93,7 @@ def _reference_step(model, data, seed, k, t_max, cfg_scale, lr):
     s = data[D.sample_index(seed, len(data), 0)]
     t1, eps = D.draw_step_noise(seed, 0, LAT, k, t_max)
     t0 = t1 - k
-    acp = leap.alphas_cumprod(SCHED_5B)
+    acp = schedule.alphas_cumprod(SCHED_5B)
     tr = model.transformer
     rope = leap.rotary_embedding(model, LAT[1], LAT[3], LAT[4], "cpu")
     x0r, img, emb = s["render_latents"], s["image_latents"], model.prompt_embeds
@@ -103,13 +103,13 @@ def _reference_step(model, data, seed, k, t_max, cfg_scale, lr):
         if guided:
             u = leap.transformer_output(net, x, img, t, model.negative_prompt_embeds, rope)
             out = u + cfg_scale * (out - u)
-        return leap.x0_from_output(out, x, t, acp, "v_prediction")
+        return schedule.x0_from_output(out, x, t, acp, "v_prediction")
 
     def f(x, x0, t):
         ts = 10.0 * t
         return 0.25 / (ts ** 2 + 0.25) * x + ts / math.sqrt(ts ** 2 + 0.25) * x0
 
-    x_t1 = leap.add_noise(x0r, eps, t1, acp)
+    x_t1 = schedule.add_noise(x0r, eps, t1, acp)
     with torch.no_grad():
         x0_teacher = x0_of(tr, x_t1, t1, guided=cfg_scale > 1)
         a_t, a_p = acp[t1], acp[t0]

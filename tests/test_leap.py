@@ -15,7 +15,7 @@ from diffusers import CogVideoXDDIMScheduler
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.video_processor import VideoProcessor
 
-from vscene_engine import leap
+from vscene_engine import leap, schedule
 from vscene_engine.videomodel import VideoModel
 
 from tiny_cogvideo_fixtures import FRAMES, H, SCHED_5B, W  # noqa: E402
@@ -131,12 +131,12 @@ def reference_ddim(tr, vae, model: VideoModel, image_latents, steps, seed_latent
 
 # ------------------------------------------------------------------------------------------- schedule
 def test_alphas_cumprod_matches_diffusers():
-    ours = leap.alphas_cumprod(SCHED_5B)
+    ours = schedule.alphas_cumprod(SCHED_5B)
     ref = CogVideoXDDIMScheduler(**SCHED_5B).alphas_cumprod
     assert torch.allclose(ours, ref, atol=1e-7, rtol=0)
     assert ours[-1].item() == pytest.approx(0.0, abs=1e-12)  # zero terminal SNR
     cfg2 = dict(SCHED_5B, snr_shift_scale=3.0, beta_schedule="linear", rescale_betas_zero_snr=False)
-    assert torch.allclose(leap.alphas_cumprod(cfg2), CogVideoXDDIMScheduler(**cfg2).alphas_cumprod, atol=1e-7)
+    assert torch.allclose(schedule.alphas_cumprod(cfg2), CogVideoXDDIMScheduler(**cfg2).alphas_cumprod, atol=1e-7)
 
 
 @pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
@@ -145,7 +145,7 @@ def test_teacher_timesteps_match_diffusers(spacing, steps):
     cfg = dict(SCHED_5B, timestep_spacing=spacing)
     s = CogVideoXDDIMScheduler(**cfg)
     s.set_timesteps(steps)
-    assert leap.teacher_timesteps(steps, cfg) == s.timesteps.tolist()
+    assert schedule.ddim_timesteps(steps, cfg) == s.timesteps.tolist()
 
 
 def test_leap_timesteps():
@@ -207,20 +207,20 @@ def test_multistep_consistency(tiny, inputs):
     assert two.timesteps == [549, 274]
     assert (one.latents - two.latents).abs().max() > 1e-4
     # step 2 re-noises step 1's x0 with the next draw of the same generator: reproduce it by hand
-    acp = leap.alphas_cumprod(SCHED_5B)
+    acp = schedule.alphas_cumprod(SCHED_5B)
     g = torch.Generator().manual_seed(3)
     inp = leap.prepare_inputs(tiny, first, last, video)
     cond = leap.encode_conditioning(tiny, inp, g)
     lat = cond["video_latents"]
-    x = leap.add_noise(lat, torch.randn(lat.shape, generator=g), 549, acp)
+    x = schedule.add_noise(lat, torch.randn(lat.shape, generator=g), 549, acp)
     rope = leap.rotary_embedding(tiny, 3, 8, 12, "cpu")
     with torch.no_grad():
         v = leap.transformer_output(tiny.transformer, x, cond["image_latents"], 549, tiny.prompt_embeds, rope)
-        x0 = leap.x0_from_output(v, x, 549, acp, "v_prediction")
+        x0 = schedule.x0_from_output(v, x, 549, acp, "v_prediction")
         assert torch.allclose(x0 / 0.7, one.latents.permute(0, 2, 1, 3, 4), atol=1e-6)
-        x = leap.add_noise(x0, torch.randn(x0.shape, generator=g), 274, acp)
+        x = schedule.add_noise(x0, torch.randn(x0.shape, generator=g), 274, acp)
         v = leap.transformer_output(tiny.transformer, x, cond["image_latents"], 274, tiny.prompt_embeds, rope)
-        x0 = leap.x0_from_output(v, x, 274, acp, "v_prediction")
+        x0 = schedule.x0_from_output(v, x, 274, acp, "v_prediction")
     assert torch.allclose(x0 / 0.7, two.latents.permute(0, 2, 1, 3, 4), atol=1e-6)
 
 

@@ -264,7 +264,7 @@ class NoiseSchedule:
         return ddim_timesteps(steps, self.config, start=start)
 
     def prev_alpha_bar(self, t: int, steps: int) -> torch.Tensor:
-        """a_p of the DDIM step from ``t`` with ``steps`` inference steps: ᾱ[t - N // steps] or the final ᾱ (0-d)."""
+        """a_p of the DDIM step from ``t`` with ``steps`` inference steps: ᾱ[t - N // steps] or the final ᾱ."""
         prev = int(t) - self.num_train_timesteps // int(steps)
         return self.alphas_cumprod[prev] if prev >= 0 else self.final_alpha_cumprod
 
