@@ -101,3 +101,28 @@ def test_sigma_levels_and_checks():
     with pytest.raises(ValueError, match="timestep_spacing"):
         NoiseSchedule.from_config({"timestep_spacing": "karras"})
     assert s.fingerprint() != NoiseSchedule.from_config({}).fingerprint()
+
+
+def test_loader_report_and_samplers_share_one_schedule(tmp_path):
+    """The loader builds the model's one schedule: its report and the samplers agree on a key the config omits
+    (diffusers' default), and a config diffusers would refuse is refused at load with the file named."""
+    import json
+
+    from vscene_engine.cogvideo_load import load_video_model
+    from vscene_engine.tiny_cogvideo import write_tiny_model
+
+    tiny = write_tiny_model(tmp_path / "tiny", frames=5, height=32, width=48, layers=1)
+    cfg_path = tiny["base"] / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    vm = load_video_model(tiny["base"], prompt_embeds=tiny["prompt_embeds"])
+    assert vm.schedule.prediction_type == vm.report["prediction_type"] == "v_prediction"
+    assert torch.equal(vm.schedule.alphas_cumprod, NoiseSchedule.from_config(SCHED_5B).alphas_cumprod)
+    del cfg["prediction_type"], cfg["snr_shift_scale"]
+    cfg_path.write_text(json.dumps(cfg))
+    vm = load_video_model(tiny["base"], prompt_embeds=tiny["prompt_embeds"])
+    ref = _ref(cfg)
+    assert vm.schedule.prediction_type == vm.report["prediction_type"] == ref.config.prediction_type == "epsilon"
+    assert torch.allclose(vm.schedule.alphas_cumprod, ref.alphas_cumprod, atol=1e-7, rtol=0)
+    cfg_path.write_text(json.dumps(dict(cfg, prediction_type="flow")))
+    with pytest.raises(ValueError, match="scheduler_config.json.*prediction_type 'flow'"):
+        load_video_model(tiny["base"], prompt_embeds=tiny["prompt_embeds"])

@@ -70,8 +70,8 @@ from safetensors.torch import save_file
 
 from . import leap
 from .atomic import atomic_write
-from .distributed import (DistInfo, all_mean, broadcast_flag, ddp_no_buffer_sync, dist_state, init_distributed,
-                          sample_index, seed_mix)
+from .distributed import (all_mean, broadcast_flag, ddp_no_buffer_sync, dist_state, init_distributed, sample_index,
+                          seed_mix)
 from .leap import rotary_embedding
 from .schedule import add_noise, x0_from_output
 from .videomodel import VideoModel
