@@ -7,9 +7,9 @@ Modules (one entry point each): cameras (Cameras), camera_formats (load_cameras 
 (make_trajectory), gaussians (GaussianScene), ply (read_ply / write_ply), sh (eval_sh), rasterize (render), losses,
 optimize (fit_scene), pose (estimate_relative_pose), stereo (stereo_depth), prior (coarse_prior), views
 (make_view_pair), pipeline (make_path / coarse_video / reconstruct), video, imageio, synthetic (procedural_scene),
-videomodel (VideoModel, placers), cogvideo_load (load_video_model), leap (leap_sample / teacher_sample),
-tiny_cogvideo (write_tiny_model), distill (distill: VideoScene Algorithm 1), ddpnet (choose_timestep / train_ddpnet),
-replicate (the miniature replication), cli / demo (``python -m vscene_engine``).
+videomodel (VideoModel, placers), schedule (NoiseSchedule, REFERENCE_TIMESTEP), cogvideo_load (load_video_model),
+leap (leap_sample / teacher_sample), tiny_cogvideo (write_tiny_model), distributed (torchrun helpers), distill
+(distill: VideoScene Algorithm 1), ddpnet (choose_timestep / train_ddpnet), replicate (the miniature replication), cli / demo (``python -m vscene_engine``).
 """
 
 __version__ = "0.1.0"
