@@ -20,7 +20,7 @@ student.safetensors, teacher.safetensors): nothing is trained. The held-out scen
 ``replicate.make_samples(n, cfg, seed0=cfg.seed * 100000 + 50000)`` exactly as ``replicate.replicate`` does, and their
 path cameras are rebuilt the same way (``_camera_pair`` at the render size -> ``make_path`` -> resized to the
 output size). Per scene (seed cfg.seed + 1000 + j, as ``replicate.evaluate``): the plain one-step student at the
-run's best fixed t, the 3DGS render of its output, and ``leap.refine_3d`` at t_small 100 / 200 (one fit, the second
+run's best fixed t, the 3DGS render of its output, and ``aware3d.refine_3d`` at t_small 100 / 200 (one fit, the second
 t via the documented equivalence refine_3d = leap_sample(render, t_small)); PSNR / SSIM / TDE via
 ``replicate.metrics`` and the inconsistency measure. ``--teacher-scenes k``: also the 50-step teacher with and without
 the 3D-aware hook (model_codec) on the first k scenes.
