@@ -149,9 +149,12 @@ def _data_type(t):
     return make
 
 
-def _plain_dict(*args):
-    """``collections.defaultdict(factory)`` / Lightning's ``AttributeDict()``: a plain dict (the factory is dropped)."""
-    return {}
+class _PlainDict:
+    """``collections.defaultdict(factory)`` / Lightning's ``AttributeDict``: called or built (REDUCE, NEWOBJ), a plain
+    dict, which SETITEMS then fills (the factory is dropped)."""
+
+    def __new__(cls, *args, **kwargs):
+        return {}
 
 
 def _copyreg_reconstructor(cls, base, state):
@@ -221,8 +224,8 @@ _ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing.AttributeDict", "lightn
 def _build_allowed() -> dict:
     a: dict = {f"builtins.{t.__name__}": _data_type(t)
                for t in (dict, list, tuple, frozenset, int, float, str, bool, bytes, slice, range)}
-    a["collections.defaultdict"] = _plain_dict
-    a.update({n: _plain_dict for n in _ATTRIBUTE_DICTS})
+    a["collections.defaultdict"] = _PlainDict
+    a.update({n: _PlainDict for n in _ATTRIBUTE_DICTS})
     a["copyreg._reconstructor"] = _copyreg_reconstructor
     a["copyreg.__newobj__"] = _copyreg_newobj
     a["torch.storage._load_from_bytes"] = _load_from_bytes
@@ -387,8 +390,14 @@ _ACTIVE = threading.local()
 
 
 def _wo_message(e: Exception) -> str:
-    m = re.search(r"WeightsUnpickler error:\s*(.*?)(\n|$)", str(e))
-    return m.group(1) if m else str(e).splitlines()[0] if str(e) else type(e).__name__
+    """The reason in torch's weights-only error, without its generic advice (which suggests weights_only=False)."""
+    m = re.search(r"WeightsUnpickler error: *(\S.*)", str(e))
+    if m:
+        return m.group(1).strip()
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation",
+                                                     "Please file an issue"))]
+    return (keep or lines or [type(e).__name__])[0]
 
 
 def _load(f, source: str, size: int):
@@ -459,8 +468,12 @@ def load_checkpoint(path):
         if tarfile.is_tarfile(p):
             raise CheckpointError(f"{src} is in the tar format of torch < 0.4, which cannot be read safely; re-save "
                                   f"it with a recent torch first (only if you trust it)")
-        raise CheckpointError(f"{src} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle; first "
-                              f"bytes {head!r})")
+        try:  # a protocol 0/1 pickle names its globals too: refuse a hostile one by name
+            with open(p, "rb") as fh:
+                _list_globals(fh, size, src)
+        except CheckpointError:
+            raise CheckpointError(f"{src} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle; first "
+                                  f"bytes {head!r})") from None
     try:
         with open(p, "rb") as fh:
             return _load(fh, src, size)
