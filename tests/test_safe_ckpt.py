@@ -442,6 +442,9 @@ def test_stand_ins_never_call_anything(tmp_path):
                                          b"X\x0c\x00\x00\x00__setstate__K\x01ub."))
     assert type(rec).__name__ == "Klass" and isinstance(rec, StubObject) and set(rec.state) == {"__class__",
                                                                                                   "__setstate__"}
+    # the real ndarray is never handed to the file: numpy.ndarray(10**9 elements) is a record, nothing is allocated
+    rec = load_checkpoint(_pkl(tmp_path, b"\x80\x02cnumpy\nndarray\nJ\x00\xca\x9a;\x85R."))
+    assert isinstance(rec, StubObject) and rec.qualname == "numpy.ndarray" and rec.args == (10 ** 9,)
     # a checked constructor refuses non-data arguments
     with pytest.raises(CheckpointError, match="malformed pickle: list"):
         load_checkpoint(_pkl(tmp_path, b"\x80\x02cbuiltins\nlist\ncsomepkg\nKlass\n)R\x85\x85R."))
@@ -511,6 +514,15 @@ def test_huge_claims_and_cut_pickles_are_refused(tmp_path):
            + b"\0" * 16)
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(_pkl(tmp_path, leg, "huge_legacy.pt"))
+    # two copies of data.pkl: python's zipfile and torch's reader might not read the same one
+    dup = tmp_path / "dup.pt"
+    with zipfile.ZipFile(src := tmp_path / "ok.pt", "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"w": 1}, 2))
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dup, "w") as b, pytest.warns(UserWarning, match="Duplicate"):
+        b.writestr("archive/data.pkl", a.read("archive/data.pkl"))
+        b.writestr("archive/data.pkl", pickle.dumps({"w": 2}, 2))
+    with pytest.raises(CheckpointError, match="duplicate entries"):
+        load_checkpoint(dup)
     # an unresolvable STACK_GLOBAL (its names built by a call) is refused
     with pytest.raises(CheckpointError, match="STACK_GLOBAL"):
         load_checkpoint(_pkl(tmp_path, b"\x80\x04csomepkg\nf\n)Rcsomepkg\ng\n)R\x93."))
@@ -570,7 +582,8 @@ def test_lightning_1x_objects_with_training_code_absent(tmp_path):
     obj = load_checkpoint(src)
     assert not any(k in sys.modules for k in ("pytorch_lightning", "src.config"))
     (key, val), = obj["callbacks"].items()
-    assert isinstance(key, StubGlobal) and key.qualname == "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+    assert isinstance(key, StubGlobal)
+    assert key.qualname == "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
     assert torch.equal(val["best_model_score"], torch.tensor(0.5))
     assert type(obj["hyper_parameters"]) is dict and obj["hyper_parameters"]["lr"] == 2e-4
     enc = obj["hyper_parameters"]["encoder"]

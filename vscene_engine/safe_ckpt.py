@@ -10,6 +10,11 @@ Entry points
 CLI                             ``python -m vscene_engine convert-mvsplat re10k.ckpt --out re10k.safetensors
                                 [--prefix encoder.] [--all-keys]`` (:func:`add_parser`).
 
+Formats: the zip format of ``torch.save``, its legacy stream (``_use_new_zipfile_serialization=False``) and plain
+pickles (handed to ``torch.load`` inside a legacy envelope), all with pickle protocol 2, the only one torch's
+weights-only unpickler reads (others are refused, naming the opcode). Tar (torch < 0.4) and TorchScript archives are
+refused. Storages are materialised on the CPU. What cannot be done this way: DESIGN.md, "Reading checkpoints safely".
+
 Safety model
 ------------
 Objects are built only by ``torch.load(..., weights_only=True)``: PyTorch's weights-only unpickler, which refuses
@@ -36,6 +41,7 @@ mentions. What the listing cannot resolve is not registered, so torch refuses it
 from __future__ import annotations
 
 import _compat_pickle
+import functools
 import io
 import pickle
 import pickletools
@@ -116,10 +122,14 @@ class StubObject:
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
 
-    def __repr__(self) -> str:
-        parts = [f"{k}={v!r}" for k, v in (("args", self.args), ("kwargs", self.kwargs), ("state", self.state)) if v]
-        s = ", ".join(parts)
-        return f"<stub {self.qualname}{' ' + s[:200] if s else ''}>"
+    def __repr__(self) -> str:  # shallow: records may be large or cyclic (omegaconf nodes point to their parent)
+        parts = [f"args={self.args!r}"[:120] if _plain(self.args) else f"{len(self.args)} args"] if self.args else []
+        if self.kwargs:
+            parts.append(f"kwargs {sorted(self.kwargs)}")
+        if self.state is not None:
+            parts.append(f"state keys {list(self.state)[:8]}" if isinstance(self.state, dict)
+                         else f"state {type(self.state).__name__}")
+        return f"<stub {self.qualname}{' ' + ', '.join(parts) if parts else ''}>"
 
 
 def _stand_in(qualname: str) -> StubGlobal:
@@ -141,8 +151,8 @@ def _plain(v) -> bool:
 
 def _data_type(t):
     """``builtins.<t>``: called only with plain data (no argument is ever iterated or converted through a hook)."""
-    def make(*args):
-        if not all(_plain(a) for a in args) or len(args) > 3:
+    def make(*args):  # (bytes(n) of an int would allocate n zero bytes: refused)
+        if not all(_plain(a) for a in args) or len(args) > 3 or (t is bytes and any(type(a) is int for a in args)):
             raise CheckpointError(f"malformed pickle: {t.__name__} of {[type(a).__name__ for a in args]}")
         return t(*args)
     make.__name__ = make.__qualname__ = f"builtins_{t.__name__}"
@@ -190,7 +200,7 @@ def _np_scalar(dtype, data=None):
 def _np_reconstruct(subtype, shape, dtype):
     """``numpy ... _reconstruct(ndarray, (0,), b'b')``: an empty ndarray that numpy's own BUILD then fills."""
     import numpy as np
-    if subtype is not np.ndarray or shape != (0,):
+    if subtype is not ALLOWED["numpy.ndarray"] or shape != (0,):
         raise CheckpointError(f"unsupported numpy array record ({subtype!r}, {shape!r})")
     return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
 
@@ -217,8 +227,8 @@ _CALLBACKS = tuple(f"{m}.callbacks.{sub}.{n}" for m in ("pytorch_lightning", "li
                    for sub, n in (("model_checkpoint", "ModelCheckpoint"), ("early_stopping", "EarlyStopping"),
                                   ("lr_monitor", "LearningRateMonitor")))
 _NAMESPACES = ("argparse.Namespace", "types.SimpleNamespace")
-_ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing.AttributeDict", "lightning_fabric.utilities.data.AttributeDict",
-                    "lightning.fabric.utilities.data.AttributeDict")
+_ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing.AttributeDict",
+                    "lightning_fabric.utilities.data.AttributeDict", "lightning.fabric.utilities.data.AttributeDict")
 
 
 def _build_allowed() -> dict:
@@ -236,12 +246,7 @@ def _build_allowed() -> dict:
         a[f"{mod}._reconstruct"] = _np_reconstruct
     for mod in ("numpy.core.numeric", "numpy._core.numeric"):  # protocol-5 arrays: recorded, never rebuilt
         a[f"{mod}._frombuffer"] = _stand_in(f"{mod}._frombuffer")
-    try:  # the real ndarray class: the first argument of _reconstruct, and numpy's own BUILD fills the array
-        import numpy as np
-        a["numpy.ndarray"] = np.ndarray
-    except ImportError:  # pragma: no cover
-        pass
-    for n in _OMEGACONF + _PATHS + _CALLBACKS + _NAMESPACES:
+    for n in ("numpy.ndarray",) + _OMEGACONF + _PATHS + _CALLBACKS + _NAMESPACES:
         a[n] = _stand_in(n)
     return a
 
@@ -250,13 +255,16 @@ ALLOWED: dict = _build_allowed()  # "module.Name" -> our stand-in (function, che
 
 
 def _build_only() -> list:
-    """numpy's plain dtype classes, registered for every load only so that numpy's own BUILD may set the byte order
-    of a dtype made by :func:`_np_dtype` (torch's BUILD requires the instance's type to be registered)."""
+    """numpy's ndarray and plain dtype classes, registered for every load only so that numpy's own BUILD may fill an
+    array made by :func:`_np_reconstruct` or set the byte order of a dtype made by :func:`_np_dtype` (torch's BUILD
+    requires the instance's type to be registered). Their names hold a newline, which no GLOBAL opcode can name: a
+    file never gets the real classes themselves."""
     try:
         import numpy as np
     except ImportError:  # pragma: no cover
         return []
-    return [(type(np.dtype(c)), f"numpy.dtypes.{type(np.dtype(c)).__name__}") for c in "?bBhHiIlLqQefdgFDG"]
+    types = [np.ndarray] + [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
+    return [(t, f"numpy.{t.__name__}\n(BUILD only, never a GLOBAL)") for t in types]
 
 
 _BUILD_ONLY = _build_only()
@@ -275,6 +283,7 @@ _NON_DENSE = frozenset(f"torch._utils.{n}" for n in (
     "_rebuild_meta_tensor_no_storage", "_rebuild_device_tensor_from_numpy"))
 
 
+@functools.lru_cache(maxsize=1)
 def _torch_allowed() -> frozenset:
     from torch import _weights_only_unpickler as wo  # read only: the names torch accepts without safe_globals
     return frozenset(wo._get_allowed_globals())
@@ -366,6 +375,8 @@ def _zip_pickle(path_or_bytes, source: str) -> bytes:
     try:
         with zipfile.ZipFile(path_or_bytes) as zf:
             names = zf.namelist()
+            if len(set(names)) != len(names):  # python's zipfile and torch's reader could pick different copies
+                raise CheckpointError(f"{source}: a zip file with duplicate entries is not a torch.save checkpoint")
             pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
             if len(pkls) != 1:
                 if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
@@ -405,8 +416,10 @@ def _load(f, source: str, size: int):
     head = f.read(4)
     f.seek(0)
     if head[:2] == b"PK":
-        names, proto, kind = _scan(io.BytesIO(_zip_pickle(f, source)))[:2] + ("zip",)
+        pkl = _zip_pickle(f, source)
         f.seek(0)
+        names, proto, kind = _list_globals(io.BytesIO(pkl), size, source)
+        kind = "zip"
     else:
         names, proto, kind = _list_globals(f, size, source)
     safe = {}
