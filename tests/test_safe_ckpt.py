@@ -588,3 +588,25 @@ def test_lightning_1x_objects_with_training_code_absent(tmp_path):
     assert type(obj["hyper_parameters"]) is dict and obj["hyper_parameters"]["lr"] == 2e-4
     enc = obj["hyper_parameters"]["encoder"]
     assert enc.qualname == "src.config.EncoderCfg" and enc.state == {"d_feature": 128, "name": "costvolume"}
+
+
+def test_inside_a_host_that_registered_its_own_safe_globals(tmp_path):
+    # ComfyUI registers numpy's real scalar/dtype and a dummy Lightning ModelCheckpoint process-wide; whichever class
+    # torch picks for a shared name, the tensors and the data come back and our stand-ins are unregistered after
+    from numpy import dtype as np_dtype
+
+    class ModelCheckpoint:
+        pass
+
+    ModelCheckpoint.__module__ = "pytorch_lightning.callbacks.model_checkpoint"
+    host = [ModelCheckpoint, np_dtype, np.dtypes.Float64DType]
+    src = tmp_path / "c.ckpt"
+    orig = _lightning_ckpt(src)
+    with torch.serialization.safe_globals(host):
+        before = list(torch.serialization.get_safe_globals())
+        obj = load_checkpoint(src)
+        assert sorted(map(repr, torch.serialization.get_safe_globals())) == sorted(map(repr, before))
+    for k, v in orig["state_dict"].items():
+        _assert_bit_equal(obj["state_dict"][k], v.detach())
+    assert obj["hyper_parameters"]["np_scalar"] == np.float32(2.5)
+    np.testing.assert_array_equal(obj["hyper_parameters"]["np_array"], np.arange(12.0).reshape(3, 4))
