@@ -6,7 +6,11 @@ import dataclasses
 import enum
 import os
 import pathlib
+import io
 import pickle
+import re
+import sys
+import types
 import zipfile
 
 import numpy as np
@@ -274,8 +278,8 @@ def test_denylisted_globals_are_refused(tmp_path, module, name):
 
 def test_unknown_globals_are_inert_stubs_even_when_called(tmp_path):
     f = tmp_path / "s.pkl"
-    # somepkg.run_me('x') and a reference to somepkg.Klass as data
-    f.write_bytes(b"\x80\x02(csomepkg\nrun_me\nX\x01\x00\x00\x00x\x85Rcsomepkg\nKlass\nl.")
+    # [somepkg.run_me('x'), somepkg.Klass]: a call and a reference to a class as data (EMPTY_LIST MARK ... APPENDS)
+    f.write_bytes(b"\x80\x02](csomepkg\nrun_me\nX\x01\x00\x00\x00x\x85Rcsomepkg\nKlass\ne.")
     obj = load_checkpoint(f)
     assert isinstance(obj[0], StubObject) and obj[0].qualname == "somepkg.run_me" and obj[0].args == ("x",)
     assert isinstance(obj[1], StubGlobal) and obj[1].qualname == "somepkg.Klass"
@@ -284,7 +288,7 @@ def test_unknown_globals_are_inert_stubs_even_when_called(tmp_path):
 def test_malformed_pickles_are_rejected_without_calling(tmp_path):
     f = tmp_path / "m.pkl"
     f.write_bytes(b"\x80\x02X\x01\x00\x00\x00x)R.")  # REDUCE of a string
-    with pytest.raises(CheckpointError, match="cannot call a str"):
+    with pytest.raises(CheckpointError, match="malformed checkpoint .*unrecognized function x"):
         load_checkpoint(f)
     sparse = tmp_path / "sparse.pt"
     torch.save({"w": torch.eye(3).to_sparse()}, sparse)
@@ -373,13 +377,20 @@ def test_cli_convert_mvsplat(tmp_path, capsys):
 
 @pytest.mark.parametrize("protocol", [1, 2, 4, 5])
 def test_other_pickle_protocols(tmp_path, protocol):
-    # protocol 1 builds objects through copyreg._reconstructor, 4/5 use STACK_GLOBAL, NEWOBJ_EX and framing
+    # protocol 2 is what torch.save and Lightning write; PyTorch's weights-only unpickler reads no other (protocol 1
+    # writes INT/copyreg._reconstructor, 4/5 FRAME, STACK_GLOBAL, NEWOBJ_EX): those are refused with a clear message
     sd = _state_dict()
     src = tmp_path / "p.ckpt"
     created, restored = TrainCfg.created, TrainCfg.restored
     cfg = TrainCfg(lr=0.5)
     torch.save({"state_dict": sd, "cfg": cfg, "arr": np.arange(4, dtype=np.int16), "mode": Color.RED},
                src, pickle_protocol=protocol)
+    if protocol != 2:
+        with pytest.raises(CheckpointError, match=rf"pickle protocol {protocol if protocol > 1 else '0/1'}, whose "
+                                                  r"opcode [A-Z_0-9]+ .* only protocol 2"):
+            load_checkpoint(src)
+        assert (TrainCfg.created, TrainCfg.restored) == (created + 1, restored)
+        return
     obj = load_checkpoint(src)
     assert (TrainCfg.created, TrainCfg.restored) == (created + 1, restored)  # only the construction above
     for k, v in sd.items():
@@ -387,3 +398,215 @@ def test_other_pickle_protocols(tmp_path, protocol):
     assert isinstance(obj["cfg"], StubObject) and obj["cfg"].state["lr"] == 0.5
     assert obj["arr"].dtype == np.int16 and obj["arr"].tolist() == [0, 1, 2, 3]
     assert isinstance(obj["mode"], StubObject) and obj["mode"].args == (1,)
+
+
+# ------------------------------------------------------------------------------------------------ more hostile files
+def _pkl(tmp_path, data: bytes, name="h.pkl"):
+    f = tmp_path / name
+    f.write_bytes(data)
+    return f
+
+
+@pytest.mark.parametrize("data,shown", [
+    (b"\x80\x02}X\x01\x00\x00\x00a}X\x01\x00\x00\x00bcposix\nsystem\nss.", "posix.system"),  # nested, never called
+    (b"\x80\x02]cbuiltins\neval\na.", "builtins.eval"),                                      # GLOBAL as data
+    (b"\x80\x02cbuiltins\ngetattr\ncsomepkg\nKlass\nX\x03\x00\x00\x00run\x86R.", "builtins.getattr"),
+    (b"(X\x08\x00\x00\x00touch xxios\nsystem\n.", "os.system"),                               # INST opcode
+    (b"(cposix\nsystem\nX\x07\x00\x00\x00touch xo.", "posix.system"),                          # OBJ opcode
+    (b"\x80\x02ccollections\ndefaultdict\ncsubprocess\nPopen\n\x85R.", "subprocess.Popen"),   # inside an allowed call
+    (b"\x80\x04\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94.", "posix.system"),
+])
+def test_hostile_globals_anywhere_refuse_the_file(tmp_path, data, shown):
+    with pytest.raises(UnsafeCheckpointError, match=rf"references {re.escape(shown)}, "):
+        load_checkpoint(_pkl(tmp_path, data))
+
+
+def test_stand_ins_never_call_anything(tmp_path):
+    # a stand-in instance used as a function, a stand-in built by an unsupported opcode, an INST of an unknown class
+    for data, msg in [(b"\x80\x02csomepkg\nKlass\n)R)R.", "unrecognized function"),
+                      (b"\x80\x02(csomepkg\nKlass\no.", "opcode OBJ"),
+                      (b"(isomepkg\nKlass\n.", "opcode INST"),
+                      (b"\x80\x02csomepkg\nKlass\n)R(K\x01e.", "malformed .*extend lists"),  # APPENDS to one
+                      (b"\x80\x02csomepkg\nKlass\n)R(K\x01K\x02u.", "malformed .*SETITEMS")]:   # SETITEMS on one
+        with pytest.raises(CheckpointError, match=msg):
+            load_checkpoint(_pkl(tmp_path, data))
+    # our own module's functions named by the file are inert records too (convert_to_safetensors(src, out))
+    out = tmp_path / "written.safetensors"
+    src = _pkl(tmp_path, b"\x80\x02cvscene_engine.safe_ckpt\nconvert_to_safetensors\nX\x01\x00\x00\x00aX"
+                         + len(str(out)).to_bytes(4, "little") + str(out).encode() + b"\x86R.")
+    rec = load_checkpoint(src)
+    assert isinstance(rec, StubObject) and rec.qualname == "vscene_engine.safe_ckpt.convert_to_safetensors"
+    assert rec.args == ("a", str(out)) and not out.exists()
+    # BUILD state naming dunders is recorded, never applied
+    rec = load_checkpoint(_pkl(tmp_path, b"\x80\x02csomepkg\nKlass\n)R}(X\t\x00\x00\x00__class__csomepkg\nOther\n"
+                                         b"X\x0c\x00\x00\x00__setstate__K\x01ub."))
+    assert type(rec).__name__ == "Klass" and isinstance(rec, StubObject) and set(rec.state) == {"__class__",
+                                                                                                  "__setstate__"}
+    # the real ndarray is never handed to the file: numpy.ndarray(10**9 elements) is a record, nothing is allocated
+    rec = load_checkpoint(_pkl(tmp_path, b"\x80\x02cnumpy\nndarray\nJ\x00\xca\x9a;\x85R."))
+    assert isinstance(rec, StubObject) and rec.qualname == "numpy.ndarray" and rec.args == (10 ** 9,)
+    # a checked constructor refuses non-data arguments
+    with pytest.raises(CheckpointError, match="malformed pickle: list"):
+        load_checkpoint(_pkl(tmp_path, b"\x80\x02cbuiltins\nlist\ncsomepkg\nKlass\n)R\x85\x85R."))
+
+
+def test_torch_refuses_what_the_listing_would_let_through(tmp_path, monkeypatch):
+    # defence in depth: with the listing's refusal switched off (and torch's opt-out variable set), PyTorch's
+    # weights-only unpickler still refuses os.system and nothing runs
+    from vscene_engine import safe_ckpt
+    marker = tmp_path / "pwned"
+    src = _save(tmp_path / "evil.ckpt", {"x": _Evil(os.system, (f"touch {marker}",))})
+    monkeypatch.setattr(safe_ckpt, "_classify", lambda q, s: None)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match="posix.system"):
+        load_checkpoint(src)
+    assert not marker.exists()
+
+
+def test_stand_ins_are_registered_only_during_a_load(tmp_path):
+    before = list(torch.serialization.get_safe_globals())
+    src = tmp_path / "c.ckpt"
+    _lightning_ckpt(src)
+    load_checkpoint(src)
+    with pytest.raises(UnsafeCheckpointError):
+        load_checkpoint(_pkl(tmp_path, b"\x80\x02cposix\nsystem\n."))
+    assert list(torch.serialization.get_safe_globals()) == before
+    with pytest.raises(pickle.UnpicklingError):  # a plain weights-only load knows nothing of our stand-ins
+        torch.load(src, weights_only=True)
+
+
+class _StorageRef:
+    pass
+
+
+def _huge_pickle(pid):
+    ref = _StorageRef()
+
+    class T:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (ref, 0, (2 ** 40,), (1,), False, collections.OrderedDict())
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            return pid if obj is ref else None
+
+    b = io.BytesIO()
+    P(b, protocol=2).dump({"w": T()})
+    return b.getvalue()
+
+
+def test_huge_claims_and_cut_pickles_are_refused(tmp_path):
+    # a string claiming 2 GB in a 10-byte file
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(_pkl(tmp_path, b"\x80\x02X\xff\xff\xff\x7fab"))
+    # a zip whose storage claims 4 TiB for a 16-byte record
+    z = tmp_path / "huge.pt"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("archive/data.pkl", _huge_pickle(("storage", torch.FloatStorage, "0", "cpu", 2 ** 40)))
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/data/0", b"\0" * 16)
+        zf.writestr("archive/version", "3\n")
+    with pytest.raises(CheckpointError, match="does not match expected size"):
+        load_checkpoint(z)
+    # the legacy stream: the claim is refused by the allocator or by the short data
+    leg = (pickle.dumps(0x1950A86A20F9469CFC6C, 2) + pickle.dumps(1001, 2) + pickle.dumps({}, 2)
+           + _huge_pickle(("storage", torch.FloatStorage, "0", "cpu", 2 ** 40, None)) + pickle.dumps(["0"], 2)
+           + b"\0" * 16)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(_pkl(tmp_path, leg, "huge_legacy.pt"))
+    # two copies of data.pkl: python's zipfile and torch's reader might not read the same one
+    dup = tmp_path / "dup.pt"
+    with zipfile.ZipFile(src := tmp_path / "ok.pt", "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"w": 1}, 2))
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dup, "w") as b, pytest.warns(UserWarning, match="Duplicate"):
+        b.writestr("archive/data.pkl", a.read("archive/data.pkl"))
+        b.writestr("archive/data.pkl", pickle.dumps({"w": 2}, 2))
+    with pytest.raises(CheckpointError, match="duplicate entries"):
+        load_checkpoint(dup)
+    # an unresolvable STACK_GLOBAL (its names built by a call) is refused
+    with pytest.raises(CheckpointError, match="STACK_GLOBAL"):
+        load_checkpoint(_pkl(tmp_path, b"\x80\x04csomepkg\nf\n)Rcsomepkg\ng\n)R\x93."))
+
+
+# ------------------------------------------------------------------------------------------------ what Lightning writes
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "safe_ckpt"
+
+
+def test_omegaconf_hparams_become_inert_records():
+    # written by real omegaconf 2.4.0 (fixtures/safe_ckpt/make_omegaconf_ckpt.py); omegaconf is not needed to read it
+    had = {m for m in sys.modules if m.split(".")[0] == "omegaconf"}
+    obj = load_checkpoint(FIXTURES / "omegaconf_hparams.ckpt")
+    assert {m for m in sys.modules if m.split(".")[0] == "omegaconf"} == had
+    assert torch.equal(read_state_dict(FIXTURES / "omegaconf_hparams.ckpt")["encoder.w"], torch.arange(4.0))
+    cfg = obj["hyper_parameters"]["cfg"]
+    assert isinstance(cfg, StubObject) and cfg.qualname == "omegaconf.dictconfig.DictConfig"
+    content = cfg.state["_content"]
+    assert list(content) == ["model", "path", "f", "flag", "none"] and content["path"].state["_val"] == "/x"
+    assert content["path"].qualname == "omegaconf.nodes.AnyNode" and content["path"].state["_parent"] is cfg
+    meta = cfg.state["_metadata"]
+    assert meta.qualname == "omegaconf.base.ContainerMetadata" and isinstance(meta.state["ref_type"], StubGlobal)
+    dims = content["model"].state["_content"]["encoder"].state["_content"]["dims"]
+    assert dims.qualname == "omegaconf.listconfig.ListConfig"
+    assert [n.state["_val"] for n in dims.state["_content"]] == [1, 2]
+    args = obj["args"]
+    assert args.qualname == "argparse.Namespace" and args.state["lr"] == 1 and args.state["p"].args == ("/", "a")
+
+
+def test_lightning_1x_objects_with_training_code_absent(tmp_path):
+    # Lightning 1.x keyed callback states by the callback class and kept hparams in an AttributeDict (a dict
+    # subclass); the training code's config dataclass is not importable when the checkpoint is read
+    mods = {}
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint",
+                 "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing", "src", "src.config"):
+        mods[name] = types.ModuleType(name)
+    ModelCheckpoint = type("ModelCheckpoint", (), {"__module__": "pytorch_lightning.callbacks.model_checkpoint"})
+    AttributeDict = type("AttributeDict", (dict,), {"__module__": "pytorch_lightning.utilities.parsing"})
+    EncoderCfg = dataclasses.make_dataclass("EncoderCfg", [("d_feature", int), ("name", str)])
+    EncoderCfg.__module__ = "src.config"
+    mods["pytorch_lightning.callbacks.model_checkpoint"].ModelCheckpoint = ModelCheckpoint
+    mods["pytorch_lightning.utilities.parsing"].AttributeDict = AttributeDict
+    mods["src.config"].EncoderCfg = EncoderCfg
+    src = tmp_path / "l1.ckpt"
+    hp = AttributeDict(encoder=EncoderCfg(128, "costvolume"), lr=2e-4)
+    saved = {k: sys.modules.get(k) for k in mods}
+    sys.modules.update(mods)
+    try:
+        torch.save({"state_dict": {"encoder.w": torch.ones(2)}, "hyper_parameters": hp,
+                    "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}}}, src)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    obj = load_checkpoint(src)
+    assert not any(k in sys.modules for k in ("pytorch_lightning", "src.config"))
+    (key, val), = obj["callbacks"].items()
+    assert isinstance(key, StubGlobal)
+    assert key.qualname == "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+    assert torch.equal(val["best_model_score"], torch.tensor(0.5))
+    assert type(obj["hyper_parameters"]) is dict and obj["hyper_parameters"]["lr"] == 2e-4
+    enc = obj["hyper_parameters"]["encoder"]
+    assert enc.qualname == "src.config.EncoderCfg" and enc.state == {"d_feature": 128, "name": "costvolume"}
+
+
+def test_inside_a_host_that_registered_its_own_safe_globals(tmp_path):
+    # ComfyUI registers numpy's real scalar/dtype and a dummy Lightning ModelCheckpoint process-wide; whichever class
+    # torch picks for a shared name, the tensors and the data come back and our stand-ins are unregistered after
+    from numpy import dtype as np_dtype
+
+    class ModelCheckpoint:
+        pass
+
+    ModelCheckpoint.__module__ = "pytorch_lightning.callbacks.model_checkpoint"
+    host = [ModelCheckpoint, np_dtype, np.dtypes.Float64DType]
+    src = tmp_path / "c.ckpt"
+    orig = _lightning_ckpt(src)
+    with torch.serialization.safe_globals(host):
+        before = list(torch.serialization.get_safe_globals())
+        obj = load_checkpoint(src)
+        assert sorted(map(repr, torch.serialization.get_safe_globals())) == sorted(map(repr, before))
+    for k, v in orig["state_dict"].items():
+        _assert_bit_equal(obj["state_dict"][k], v.detach())
+    assert obj["hyper_parameters"]["np_scalar"] == np.float32(2.5)
+    np.testing.assert_array_equal(obj["hyper_parameters"]["np_array"], np.arange(12.0).reshape(3, 4))

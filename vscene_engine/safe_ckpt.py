@@ -1,71 +1,66 @@
-"""Safe reading of PyTorch / PyTorch Lightning checkpoints (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) without running
-any pickled code, and their conversion to ``.safetensors``.
+"""Safe reading of PyTorch / PyTorch Lightning checkpoints (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) and their
+conversion to ``.safetensors``: PyTorch's own weights-only unpickler, with an allow-list of our inert stand-ins.
 
 Entry points
 ------------
-:func:`load_checkpoint`         the whole checkpoint object (tensors real, unknown objects as inert :class:`StubObject`).
+:func:`load_checkpoint`         the whole checkpoint object (tensors real, other objects as inert :class:`StubObject`).
 :func:`read_state_dict`         ``{name: tensor}`` of a checkpoint (Lightning ``state_dict``, ``model``/``module`` or a
                                 plain state dict) or of a ``.safetensors`` file, optionally only keys with a prefix.
 :func:`convert_to_safetensors`  checkpoint -> ``.safetensors`` (atomic write, metadata, a small report).
 CLI                             ``python -m vscene_engine convert-mvsplat re10k.ckpt --out re10k.safetensors
                                 [--prefix encoder.] [--all-keys]`` (:func:`add_parser`).
 
-Formats: the zip format of ``torch.save`` (torch >= 1.6: ``<dir>/data.pkl`` + ``<dir>/data/<key>`` storages,
-``byteorder`` honoured), the legacy pickle-stream format of ``torch.save(..., _use_new_zipfile_serialization=False)``
-and plain pickles. The tar format of torch < 0.4 and TorchScript archives are refused with a clear message. Storages
-are always materialised on the CPU.
+Formats: the zip format of ``torch.save``, its legacy stream (``_use_new_zipfile_serialization=False``) and plain
+pickles (handed to ``torch.load`` inside a legacy envelope), all with pickle protocol 2, the only one torch's
+weights-only unpickler reads (others are refused, naming the opcode). Tar (torch < 0.4) and TorchScript archives are
+refused. Storages are materialised on the CPU. What cannot be done this way: DESIGN.md, "Reading checkpoints safely".
 
 Safety model
 ------------
-The pickle is read by :class:`RestrictedUnpickler`, built on the pure-Python ``pickle._Unpickler`` so that *every*
-opcode that could call or mutate something (GLOBAL/STACK_GLOBAL, REDUCE, NEWOBJ/NEWOBJ_EX, OBJ/INST, BUILD,
-APPEND(S), SETITEM(S), ADDITEMS, EXT*, PERSID) goes through our code, not only ``find_class``. Nothing named in the
-pickle is ever imported, and no object of the pickle is ever called except our own reconstructors. A global resolves
-to, in this order:
+Objects are built only by ``torch.load(..., weights_only=True)``: PyTorch's weights-only unpickler, which refuses
+every global that is neither on its own list (tensor rebuilders, storages, dtypes, ``OrderedDict``, ``set`` ...) nor
+registered through ``torch.serialization.safe_globals``. Before it runs, the pickle's opcodes are listed (never
+executed) and every global it names is sorted (:func:`_classify`):
 
-1. an **allow-listed** name: torch's tensor/parameter reconstructors, storage classes, dtypes, ``torch.Size``,
-   ``torch.device``, ``collections.OrderedDict`` (``defaultdict`` becomes a plain dict), harmless builtin data types
-   (``set``, ``frozenset``, ``complex``, ``slice``, ``range``, ``bytes``, ``bytearray`` ...), ``_codecs.encode`` for
-   latin-1 bytes, and numpy's ``dtype``/``scalar``/``_reconstruct``/``ndarray`` (plain numeric dtypes only). Each is
-   mapped to a reimplementation here that validates its arguments and uses only safe torch/numpy calls
-   (``torch.empty(0, dtype).set_(storage, offset, size, stride)`` with a bounds check, ``np.frombuffer``);
-2. **refused** with :class:`UnsafeCheckpointError`: any name from a module that can reach the OS, the interpreter or
-   code (``os``, ``posix``, ``nt``, ``subprocess``, ``shutil``, ``sys``, ``io``, ``importlib``, ``runpy``, ``pickle``,
-   ``codecs``, ``socket``, ``functools``, ``operator``, ``ctypes``, ``types``, ``builtins`` other than the data types
-   above (``eval``, ``exec``, ``open``, ``getattr``, ``__import__``, ``compile`` ...), ...), and function-like
-   (not capitalised) names of ``torch``/``numpy`` that are not allow-listed (``torch.load``, ``numpy.load`` ...).
-   The whole file is refused, even when the name would only have been referenced. (Exceptions that are plain data
-   and become stubs: ``types.SimpleNamespace`` and numpy's RNG-state constructors.);
-3. otherwise an **inert stub** (:class:`StubGlobal`): classes of omegaconf, dataclasses, ``pathlib``, ``enum`` or the
-   training code. REDUCE/NEWOBJ/BUILD of a stub only record their arguments in a :class:`StubObject`
-   (``module``, ``name``, ``args``, ``kwargs``, ``state``, ``items``, ``dict_items``) - plain data, nothing of the
-   original class is imported or run.
+1. torch's own weights-only globals: left to torch (non-dense tensor kinds are refused: only dense tensors);
+2. **refused**, :class:`UnsafeCheckpointError` naming the global: modules that reach the OS, the interpreter or code
+   (``os``, ``subprocess``, ``sys``, ``shutil``, ``socket``, ``importlib``, ``runpy``, ``pickle``, ``marshal``,
+   ``codecs``, ``types``, ``ctypes``, ``functools``, ``operator``, ``builtins`` other than data types: ``eval``,
+   ``exec``, ``getattr``, ``__import__``, ``open`` ...) and function-like names of torch/numpy (``torch.load``);
+3. the **allow-list** :data:`ALLOWED`: builtin data types, ``collections.defaultdict``, the copyreg constructors,
+   numpy scalars/arrays of plain numeric dtypes, ``torch.storage._load_from_bytes``, Lightning's ``AttributeDict``,
+   each mapped to a function of ours that checks its arguments; and named inert stand-ins for the harmless classes a
+   Lightning checkpoint names (omegaconf containers, pathlib paths, argparse/SimpleNamespace, Lightning callbacks);
+4. any other name (a dataclass config or enum of the training code, an lr-scheduler class ...): a fresh inert
+   stand-in class for this load only.
 
-So: allow-listed names are re-implemented, dangerous ones refuse the file, everything else becomes an inert record;
-nothing from the file is ever executed either way.
+A stand-in is a class of ours (metaclass :class:`StubGlobal`, base :class:`StubObject`), never the named one: calling
+it, ``__new__`` and ``__setstate__`` only record their arguments. The refusal in step 2 covers names the file merely
+mentions. What the listing cannot resolve is not registered, so torch refuses it: the listing can only fail closed.
 """
 from __future__ import annotations
 
 import _compat_pickle
+import functools
 import io
-import math
 import pickle
+import pickletools
 import re
-import struct
-import sys
 import tarfile
+import threading
+import warnings
 import zipfile
-import zlib
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 __all__ = [
-    "UnsafeCheckpointError", "CheckpointError", "StubGlobal", "StubObject", "RestrictedUnpickler",
+    "UnsafeCheckpointError", "CheckpointError", "StubGlobal", "StubObject", "ALLOWED",
     "load_checkpoint", "read_state_dict", "convert_to_safetensors", "add_parser", "state_dict_mismatch"]
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_INCOMPLETE = "the download is probably incomplete (or the file is damaged): download it again"
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 class UnsafeCheckpointError(ValueError):
@@ -76,121 +71,204 @@ class CheckpointError(ValueError):
     """The file is not a readable checkpoint (missing, truncated, corrupt, unsupported format, no tensors)."""
 
 
-# ------------------------------------------------------------------------------------------------ inert placeholders
-class StubGlobal:
-    """Inert stand-in for a global (class or function) named in the pickle; never imported, never called."""
-
-    __slots__ = ("module", "name")
-
-    def __init__(self, module: str, name: str):
-        self.module, self.name = module, name
+# ------------------------------------------------------------------------------------------------ inert stand-ins
+class StubGlobal(type):
+    """Metaclass of the stand-in classes: a stand-in *is* the record of the global ``module.name`` it replaces."""
 
     @property
-    def qualname(self) -> str:
-        return f"{self.module}.{self.name}"
+    def module(cls) -> str:
+        return cls._stub_module
 
-    def __repr__(self) -> str:
-        return f"<stub global {self.qualname}>"
+    @property
+    def name(cls) -> str:
+        return cls._stub_name
 
-    def __reduce__(self):  # stubs pickle as plain data, never as the original global
-        return (StubGlobal, (self.module, self.name))
+    @property
+    def qualname(cls) -> str:
+        return f"{cls._stub_module}.{cls._stub_name}"
+
+    def __repr__(cls) -> str:
+        return f"<stub global {cls.qualname}>"
 
 
 class StubObject:
     """Inert record of an object of a class that was not loaded: how the pickle built it, as plain data.
 
     ``args``/``kwargs``: constructor arguments (REDUCE, NEWOBJ); ``state``: the BUILD state (usually the instance
-    ``__dict__``); ``items``/``dict_items``: what APPEND(S)/SETITEM(S) added (list/dict subclasses)."""
+    ``__dict__``). Nothing of the original class is imported or run."""
 
-    __slots__ = ("module", "name", "args", "kwargs", "state", "items", "dict_items")
+    _stub_module, _stub_name = "?", "?"
 
-    def __init__(self, module: str, name: str, args=(), kwargs=None, state=None):
-        self.module, self.name = module, name
-        self.args, self.kwargs, self.state = tuple(args), dict(kwargs or {}), state
-        self.items: list = []
-        self.dict_items: dict = {}
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        self.args, self.kwargs, self.state = args, kwargs, None
+        return self
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+    @property
+    def module(self) -> str:
+        return type(self)._stub_module
+
+    @property
+    def name(self) -> str:
+        return type(self)._stub_name
 
     @property
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
 
-    def __repr__(self) -> str:
-        parts = []
-        if self.args:
-            parts.append(f"args={self.args!r}")
+    def __repr__(self) -> str:  # shallow: records may be large or cyclic (omegaconf nodes point to their parent)
+        parts = [f"args={self.args!r}"[:120] if _plain(self.args) else f"{len(self.args)} args"] if self.args else []
         if self.kwargs:
-            parts.append(f"kwargs={self.kwargs!r}")
+            parts.append(f"kwargs {sorted(self.kwargs)}")
         if self.state is not None:
-            parts.append(f"state={self.state!r}")
-        if self.items:
-            parts.append(f"items={self.items!r}")
-        if self.dict_items:
-            parts.append(f"dict_items={self.dict_items!r}")
-        s = repr(", ".join(parts))[1:-1]
-        return f"<stub {self.qualname}{' ' + s[:200] if s else ''}>"
+            parts.append(f"state keys {list(self.state)[:8]}" if isinstance(self.state, dict)
+                         else f"state {type(self.state).__name__}")
+        return f"<stub {self.qualname}{' ' + ', '.join(parts) if parts else ''}>"
 
 
-class _SafeFn:
-    """One of our own reimplemented reconstructors, standing for an allow-listed global."""
-
-    __slots__ = ("qualname", "fn")
-
-    def __init__(self, qualname: str, fn):
-        self.qualname, self.fn = qualname, fn
-
-    def __repr__(self) -> str:
-        return f"<safe reconstructor {self.qualname}>"
+def _stand_in(qualname: str) -> StubGlobal:
+    module, _, name = qualname.rpartition(".")
+    return StubGlobal(name, (StubObject,), {"_stub_module": module, "_stub_name": name,
+                                            "__module__": __name__ + ".stand_ins"})
 
 
-class _StorageType:
-    """A storage class global (``torch.FloatStorage``, ``torch.storage.UntypedStorage`` ...): just its dtype."""
-
-    __slots__ = ("name", "dtype")
-
-    def __init__(self, name: str, dtype: torch.dtype):
-        self.name, self.dtype = name, dtype
-
-    def __repr__(self) -> str:
-        return f"<storage type {self.name}>"
-
-
-class _Storage:
-    """A storage read from the file: untyped CPU bytes + the dtype it was saved with."""
-
-    __slots__ = ("untyped", "dtype")
-
-    def __init__(self, untyped: torch.UntypedStorage, dtype: torch.dtype):
-        self.untyped, self.dtype = untyped, dtype
-
-    def __repr__(self) -> str:
-        return f"<storage {self.dtype} {self.untyped.nbytes()} bytes>"
+# ------------------------------------------------------------------------------------------------ checked constructors
+def _plain(v) -> bool:
+    if v is None or type(v) in (bool, int, float, complex, str, bytes, bytearray):
+        return True
+    if type(v) in (tuple, list, set, frozenset):
+        return all(_plain(x) for x in v)
+    if type(v) is dict:
+        return all(_plain(k) and _plain(x) for k, x in v.items())
+    return False
 
 
-class _TensorType:  # markers for torch.Tensor / torch.nn.Parameter used as data (e.g. in _rebuild_from_type_v2)
-    __slots__ = ("qualname", "parameter")
-
-    def __init__(self, qualname: str, parameter: bool):
-        self.qualname, self.parameter = qualname, parameter
-
-    def __repr__(self) -> str:
-        return f"<type {self.qualname}>"
-
-
-class _NpDtypeProxy:  # np.dtype(...) between its REDUCE and its BUILD
-    __slots__ = ("args",)
-
-    def __init__(self, args):
-        self.args = args
+def _data_type(t):
+    """``builtins.<t>``: called only with plain data (no argument is ever iterated or converted through a hook)."""
+    def make(*args):  # (bytes(n) of an int would allocate n zero bytes: refused)
+        if not all(_plain(a) for a in args) or len(args) > 3 or (t is bytes and any(type(a) is int for a in args)):
+            raise CheckpointError(f"malformed pickle: {t.__name__} of {[type(a).__name__ for a in args]}")
+        return t(*args)
+    make.__name__ = make.__qualname__ = f"builtins_{t.__name__}"
+    return make
 
 
-class _NpArrayProxy:  # numpy _reconstruct(ndarray, ...) between its REDUCE and its BUILD
-    __slots__ = ("args",)
+class _PlainDict:
+    """``collections.defaultdict(factory)`` / Lightning's ``AttributeDict``: called or built (REDUCE, NEWOBJ), a plain
+    dict, which SETITEMS then fills (the factory is dropped)."""
 
-    def __init__(self, args):
-        self.args = args
+    def __new__(cls, *args, **kwargs):
+        return {}
 
 
-# ------------------------------------------------------------------------------------------------ policy tables
+def _copyreg_reconstructor(cls, base, state):
+    if isinstance(cls, StubGlobal):
+        return cls.__new__(cls)
+    raise CheckpointError(f"malformed pickle: copyreg._reconstructor of {cls!r}")
+
+
+def _copyreg_newobj(cls, *args):
+    if isinstance(cls, StubGlobal):
+        return cls.__new__(cls, *args)
+    raise CheckpointError(f"malformed pickle: copyreg.__newobj__ of {cls!r}")
+
+
+_NP_SAFE_DTYPE = re.compile(r"^[<>=|]?(b1|[iu][1248]|f[248]|f16|c8|c16|c32|U\d{1,6}|S\d{1,6})$")
+
+
+def _np_dtype(name=None, align=False, copy=True):
+    """``numpy.dtype(name, ...)``: a real numpy dtype for plain numeric/string dtypes, else an inert record."""
+    import numpy as np
+    if isinstance(name, str) and _NP_SAFE_DTYPE.match(name) and type(align) is bool and type(copy) is bool:
+        return np.dtype(name)
+    return _stand_in("numpy.dtype")(name, align, copy)
+
+
+def _np_scalar(dtype, data=None):
+    import numpy as np
+    if isinstance(dtype, np.dtype) and dtype.kind in "biufcUS" and type(data) is bytes and len(data) == dtype.itemsize:
+        return np.frombuffer(data, dtype=dtype)[0]
+    return _stand_in("numpy.scalar")(dtype, data)
+
+
+def _np_reconstruct(subtype, shape, dtype):
+    """``numpy ... _reconstruct(ndarray, (0,), b'b')``: an empty ndarray that numpy's own BUILD then fills."""
+    import numpy as np
+    if subtype is not ALLOWED["numpy.ndarray"] or shape != (0,):
+        raise CheckpointError(f"unsupported numpy array record ({subtype!r}, {shape!r})")
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
+
+
+def _load_from_bytes(b):
+    """``torch.storage._load_from_bytes`` (tensors pickled by plain pickle): the embedded torch.save blob, read by
+    the same rules (the real function would call ``torch.load(weights_only=False)``)."""
+    if type(b) is not bytes:
+        raise CheckpointError("malformed torch.storage._load_from_bytes record")
+    obj = _load(io.BytesIO(b), "embedded storage", len(b))
+    if not isinstance(obj, torch.storage.TypedStorage):
+        raise CheckpointError("malformed torch.storage._load_from_bytes record: not a storage")
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------ the allow-list
+_OMEGACONF = ("omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.ContainerMetadata",
+              "omegaconf.base.Metadata", "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode",
+              "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode",
+              "omegaconf.nodes.EnumNode", "omegaconf.nodes.PathNode", "omegaconf.nodes.BytesNode", "typing.Any")
+_PATHS = tuple(f"pathlib.{n}" for n in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath",
+                                        "PureWindowsPath"))
+_CALLBACKS = tuple(f"{m}.callbacks.{sub}.{n}" for m in ("pytorch_lightning", "lightning.pytorch")
+                   for sub, n in (("model_checkpoint", "ModelCheckpoint"), ("early_stopping", "EarlyStopping"),
+                                  ("lr_monitor", "LearningRateMonitor")))
+_NAMESPACES = ("argparse.Namespace", "types.SimpleNamespace")
+_ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing.AttributeDict",
+                    "lightning_fabric.utilities.data.AttributeDict", "lightning.fabric.utilities.data.AttributeDict")
+
+
+def _build_allowed() -> dict:
+    a: dict = {f"builtins.{t.__name__}": _data_type(t)
+               for t in (dict, list, tuple, frozenset, int, float, str, bool, bytes, slice, range)}
+    a["collections.defaultdict"] = _PlainDict
+    a.update({n: _PlainDict for n in _ATTRIBUTE_DICTS})
+    a["copyreg._reconstructor"] = _copyreg_reconstructor
+    a["copyreg.__newobj__"] = _copyreg_newobj
+    a["torch.storage._load_from_bytes"] = _load_from_bytes
+    a["numpy.dtype"] = _np_dtype
+    a["builtins.object"] = _stand_in("builtins.object")  # only the base-class argument of copyreg._reconstructor
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        a[f"{mod}.scalar"] = _np_scalar
+        a[f"{mod}._reconstruct"] = _np_reconstruct
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):  # protocol-5 arrays: recorded, never rebuilt
+        a[f"{mod}._frombuffer"] = _stand_in(f"{mod}._frombuffer")
+    for n in ("numpy.ndarray",) + _OMEGACONF + _PATHS + _CALLBACKS + _NAMESPACES:
+        a[n] = _stand_in(n)
+    return a
+
+
+ALLOWED: dict = _build_allowed()  # "module.Name" -> our stand-in (function, checked constructor or inert class)
+
+
+def _build_only() -> list:
+    """numpy's ndarray and plain dtype classes, registered for every load only so that numpy's own BUILD may fill an
+    array made by :func:`_np_reconstruct` or set the byte order of a dtype made by :func:`_np_dtype` (torch's BUILD
+    requires the instance's type to be registered). Their names hold a newline, which no GLOBAL opcode can name: a
+    file never gets the real classes themselves."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return []
+    types = [np.ndarray] + [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
+    return [(t, f"numpy.{t.__name__}\n(BUILD only, never a GLOBAL)") for t in types]
+
+
+_BUILD_ONLY = _build_only()
+
 _DENY_MODULES = frozenset("""
 os posix nt posixpath ntpath genericpath subprocess _posixsubprocess shutil sys io _io importlib runpy pickle _pickle
 pickletools codecs _codecs socket _socket ssl webbrowser functools _functools operator _operator ctypes _ctypes
@@ -200,686 +278,189 @@ _weakref select selectors mmap resource fcntl pwd grp zipimport pkgutil site sys
 platform getpass builtins __builtin__ copyreg copy_reg dill cloudpickle joblib shelve dbm sqlite3 zipfile tarfile
 lzma bz2 gzip zlib logging atexit faulthandler readline rlcompleter ensurepip venv
 """.split())
-
-# data-only names from otherwise denied/refused modules: they become inert stubs like any other class
-_STUB_OK = {("types", "SimpleNamespace")}
-_STUB_OK_MODULES = {"numpy.random._pickle"}  # numpy RNG state constructors (data only; never called here)
-
-_DTYPE_NAMES = """float32 float float64 double float16 half bfloat16 complex32 chalf complex64 cfloat complex128 cdouble
-uint8 int8 int16 short int32 int int64 long bool uint16 uint32 uint64 float8_e4m3fn float8_e5m2 float8_e4m3fnuz
-float8_e5m2fnuz float8_e8m0fnu float4_e2m1fn_x2 bits8 bits16 bits1x8 bits2x4 bits4x2""".split()
-
-_STORAGE_DTYPES = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
-    "ByteStorage": "uint8", "BoolStorage": "bool", "ComplexDoubleStorage": "complex128",
-    "ComplexFloatStorage": "complex64", "UntypedStorage": "uint8",
-}
-
-_SAFE_NP_DTYPE = re.compile(r"^(b1|[iu][1248]|f[248]|f16|c8|c16|c32|U\d+|S\d+)$")
+_NON_DENSE = frozenset(f"torch._utils.{n}" for n in (
+    "_rebuild_sparse_tensor", "_rebuild_qtensor", "_rebuild_nested_tensor", "_rebuild_wrapper_subclass",
+    "_rebuild_meta_tensor_no_storage", "_rebuild_device_tensor_from_numpy"))
 
 
-def _unsafe(module: str, name: str, source: str) -> UnsafeCheckpointError:
+@functools.lru_cache(maxsize=1)
+def _torch_allowed() -> frozenset:
+    from torch import _weights_only_unpickler as wo  # read only: the names torch accepts without safe_globals
+    return frozenset(wo._get_allowed_globals())
+
+
+def _unsafe(qualname: str, source: str) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
-        f"refusing to load {source}: its pickle references {module}.{name}, which can run code or reach the "
+        f"refusing to load {source}: its pickle references {qualname}, which can run code or reach the "
         f"system, so this is not a plain checkpoint. Do not load it from untrusted sources; if you trust it, convert "
         f"it with the official code instead (torch.load in the model's own repository). Nothing was executed.")
 
 
-# ------------------------------------------------------------------------------------------------ tensor rebuilders
-def _int_tuple(v, what: str) -> tuple:
-    if isinstance(v, torch.Size):
-        v = tuple(v)
-    if not isinstance(v, (tuple, list)) or not all(type(x) is int for x in v):
-        raise CheckpointError(f"malformed tensor record: {what} {v!r} is not a tuple of ints")
-    return tuple(v)
+def _classify(qualname: str, source: str):
+    """None (torch's own), a stand-in from :data:`ALLOWED`, a fresh inert stand-in, or raise (refused)."""
+    if qualname in _NON_DENSE:
+        raise CheckpointError(f"{source}: unsupported tensor kind ({qualname}); only dense tensors can be read safely")
+    if qualname in _torch_allowed():
+        return None
+    if qualname in ALLOWED:
+        return ALLOWED[qualname]
+    module, _, name = qualname.rpartition(".")
+    top = module.split(".")[0]
+    if top in _DENY_MODULES or module in _DENY_MODULES:
+        raise _unsafe(qualname, source)
+    if top in ("torch", "numpy", "safetensors") and not name.lstrip("_")[:1].isupper():
+        raise _unsafe(qualname, source)  # function-like names of these libraries (torch.load, numpy.load ...)
+    return _stand_in(qualname)
 
 
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+# ------------------------------------------------------------------------------------------------ listing globals
+_PUSHES_STR = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
 
 
-def _make_tensor(storage, offset, size, stride, dtype: torch.dtype, requires_grad=False, metadata=None):
-    if not isinstance(storage, _Storage):
-        raise CheckpointError(f"malformed tensor record: storage is a {type(storage).__name__}, not a file storage")
-    if not isinstance(dtype, torch.dtype):
-        raise CheckpointError(f"malformed tensor record: dtype {dtype!r}")
-    if type(offset) is not int or offset < 0:
-        raise CheckpointError(f"malformed tensor record: storage offset {offset!r}")
-    size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
-    if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride):
-        raise CheckpointError(f"malformed tensor record: size {size} / stride {stride}")
-    esize = _element_size(dtype)
-    if all(s > 0 for s in size):  # bounds check (torch checks too; we do not rely on it)
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-        if (last + 1) * esize > storage.untyped.nbytes():
-            raise CheckpointError(f"malformed tensor record: size {size}, stride {stride}, offset {offset} reach past "
-                                  f"the end of a {storage.untyped.nbytes()}-byte storage")
-    t = torch.empty((0,), dtype=dtype).set_(storage.untyped, offset, size, stride)
-    if metadata:
-        if not (isinstance(metadata, dict) and set(metadata) <= {"conj", "neg"}
-                and all(type(v) is bool for v in metadata.values())):
-            raise CheckpointError(f"malformed tensor metadata {metadata!r}")
-        torch._C._set_tensor_metadata(t, dict(metadata))
-    if requires_grad is True and (t.is_floating_point() or t.is_complex()):
-        t.requires_grad_(True)
-    return t
+def _map_name(module: str, name: str) -> str:
+    if (module, name) in _compat_pickle.NAME_MAPPING:  # python 2 names, mapped as torch's unpickler does
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride):
-    return _make_tensor(storage, storage_offset, size, stride, getattr(storage, "dtype", None))
+def _scan(f) -> tuple[list, int, list]:
+    """Globals named by the next pickle in ``f`` (read up to its STOP, nothing built), its protocol and its top-level
+    constant values. STACK_GLOBAL names are followed through the string pushes and the memo; an unresolvable one is
+    reported as "?" (and never registered)."""
+    found, proto, top, memo = [], 0, [], {}
+    for op, arg, _pos in pickletools.genops(f):
+        n = op.name
+        if n in ("GLOBAL", "INST"):
+            module, _, name = arg.partition(" ")
+            found.append(_map_name(module, name))
+        elif n == "STACK_GLOBAL":
+            found.append(_map_name(*top[-2:]) if len(top) >= 2 and all(isinstance(x, str) for x in top[-2:])
+                         else "?")
+        elif n == "PROTO":
+            proto = arg
+        if n in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if n == "MEMOIZE" else arg] = top[-1] if top else None
+        elif n in ("GET", "BINGET", "LONG_BINGET"):
+            top.append(memo.get(arg))
+        elif n in _PUSHES_STR or n in ("LONG1", "BININT", "BININT1", "BININT2"):
+            top.append(arg)
+        elif n not in ("FRAME", "PROTO", "STOP"):
+            top.append(None)
+        del top[:-8]
+    return found, proto, top
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
-    # backward hooks are never installed (torch only keeps them for BC; they would be stubs here anyway)
-    return _make_tensor(storage, storage_offset, size, stride, getattr(storage, "dtype", None), requires_grad,
-                        metadata)
-
-
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
-    return _make_tensor(storage, storage_offset, size, stride, dtype, requires_grad, metadata)
-
-
-def _as_parameter(data, requires_grad=True):
-    if not isinstance(data, torch.Tensor):
-        raise CheckpointError(f"malformed parameter record: data is a {type(data).__name__}")
-    grad = requires_grad is True and (data.is_floating_point() or data.is_complex())
-    return torch.nn.Parameter(data.detach(), requires_grad=grad)
-
-
-def _rebuild_parameter(data, requires_grad=True, backward_hooks=None):
-    return _as_parameter(data, requires_grad)
-
-
-def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
-    return _as_parameter(data, requires_grad)  # python attributes (state) are not restored onto tensors
-
-
-def _rebuild_device_tensor_from_cpu_tensor(data, dtype=None, device=None, requires_grad=False):
-    if not isinstance(data, torch.Tensor):
-        raise CheckpointError(f"malformed tensor record: {type(data).__name__}")
-    return data  # stays on the CPU
-
-
-def _rebuild_from_type_v2(func, new_type, args, state):
-    if not isinstance(func, _SafeFn) or func.fn not in _TENSOR_FNS:
-        raise CheckpointError(f"unsupported tensor reconstruction through {func!r}")
-    if type(args) is not tuple:
-        raise CheckpointError("malformed tensor record: arguments are not a tuple")
-    t = func.fn(*args)
-    if isinstance(new_type, _TensorType) and new_type.parameter and not isinstance(t, torch.nn.Parameter):
-        t = _as_parameter(t, t.requires_grad)
-    return t  # tensor subclasses (new_type a stub) come back as plain tensors; their python state is dropped
-
-
-def _rebuild_from_type(func, type_, args, dict_):
-    return _rebuild_from_type_v2(func, type_, args, dict_)
-
-
-def _torch_size(*args):
-    if len(args) == 0:
-        return torch.Size()
-    if len(args) == 1:
-        return torch.Size(_int_tuple(args[0], "size"))
-    raise CheckpointError(f"malformed torch.Size{args!r}")
-
-
-def _torch_device(*args):
-    if not (1 <= len(args) <= 2 and isinstance(args[0], str) and all(type(a) is int for a in args[1:])):
-        raise CheckpointError(f"malformed torch.device{args!r}")
-    return torch.device(*args)
-
-
-_TENSOR_FNS = {_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter,
-               _rebuild_parameter_with_state, _rebuild_device_tensor_from_cpu_tensor}
-
-
-# ------------------------------------------------------------------------------------------------ builtin data types
-def _check_seq(v, what):
-    if not isinstance(v, (list, tuple, set, frozenset, dict, str, bytes, bytearray)):
-        raise CheckpointError(f"malformed pickle: {what}() of a {type(v).__name__}")
-    return v
-
-
-def _container(t):
-    def make(*args):
-        if len(args) > 1:
-            raise CheckpointError(f"malformed pickle: {t.__name__}{args!r}")
-        return t(_check_seq(args[0], t.__name__)) if args else t()
-    return make
-
-
-def _plain_dict(*args):  # collections.defaultdict(factory) -> a plain dict (the factory is never kept or called)
-    return {}
-
-
-def _safe_complex(*args):
-    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args) or len(args) > 2:
-        raise CheckpointError(f"malformed complex{args!r}")
-    return complex(*args)
-
-
-def _safe_bytes_like(t):
-    def make(*args):
-        if not args:
-            return t()
-        if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1", "utf-8", "utf8"):
-            return t(args[0].encode(args[1]))
-        if len(args) == 1 and isinstance(args[0], (bytes, bytearray, list, tuple)):
-            return t(args[0])
-        raise CheckpointError(f"malformed {t.__name__}{args!r}")
-    return make
-
-
-def _codecs_encode(obj, encoding="utf-8", errors="strict"):
-    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
-        raise CheckpointError(f"unsupported codecs.encode({type(obj).__name__}, {encoding!r}, {errors!r})")
-    return obj.encode("latin1")
-
-
-def _safe_slice(*args):
-    if not all(a is None or type(a) is int for a in args) or not 1 <= len(args) <= 3:
-        raise CheckpointError(f"malformed slice{args!r}")
-    return slice(*args)
-
-
-def _safe_range(*args):
-    if not all(type(a) is int for a in args) or not 1 <= len(args) <= 3:
-        raise CheckpointError(f"malformed range{args!r}")
-    return range(*args)
-
-
-def _safe_object(*args):
-    return object()
-
-
-# types that may appear as data (e.g. omegaconf's ref_type=dict) and their safe constructors for REDUCE/NEWOBJ
-_TYPE_CTORS = {
-    dict: _container(dict), list: _container(list), tuple: _container(tuple), set: _container(set),
-    frozenset: _container(frozenset), OrderedDict: _container(OrderedDict), complex: _safe_complex,
-    bytes: _safe_bytes_like(bytes), bytearray: _safe_bytes_like(bytearray), slice: _safe_slice, range: _safe_range,
-    object: _safe_object,
-}
-_PLAIN_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "NoneType": type(None)}
-
-
-# ------------------------------------------------------------------------------------------------ numpy (data only)
-def _np():
+def _list_globals(f, size: int, source: str) -> tuple[list, int, str]:
+    """(globals, protocol, kind) of a pickle stream: a legacy torch.save stream (its five pickles) or one plain
+    pickle; ``f`` is left at the start."""
+    start = f.tell()
     try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return None
-    return np
+        names, proto, vals = _scan(f)
+        kind = "plain"
+        if vals == [_LEGACY_MAGIC]:
+            kind = "legacy"
+            for _ in range(4):  # protocol version, sys info, the object, the storage keys
+                more, p, _v = _scan(f)
+                names += more
+                proto = max(proto, p)
+    except ValueError as e:  # pickletools: truncated stream, unknown opcode
+        raise CheckpointError(f"{source} ({size} bytes) is truncated or corrupt ({e}); {_INCOMPLETE}") from None
+    f.seek(start)
+    return names, proto, kind
 
 
-def _np_dtype_new(*args):
-    return _NpDtypeProxy(args)
-
-
-def _np_dtype_from(proxy_args, state):
-    """A real numpy dtype for plain numeric/string dtypes; None for anything else (object, structured, datetime)."""
-    np = _np()
-    if np is None or not proxy_args or not isinstance(proxy_args[0], str):
-        return None
-    name = proxy_args[0]
-    if not _SAFE_NP_DTYPE.match(name):
-        return None
-    order = "="
-    if state is not None:
-        if not (isinstance(state, tuple) and len(state) >= 8 and state[1] in ("<", ">", "|", "=")
-                and state[2] is None and state[3] is None and state[4] is None):
-            return None
-        order = state[1]
-    dt = np.dtype(name)
-    return dt.newbyteorder(order) if order in "<>" else dt
-
-
-def _np_resolve_dtype(dt):
-    np = _np()
-    if np is not None and isinstance(dt, np.dtype):
-        return dt if dt.kind in "biufcUS" and dt.fields is None and dt.subdtype is None else None
-    if isinstance(dt, _NpDtypeProxy):
-        return _np_dtype_from(dt.args, None)
-    return None
-
-
-def _np_scalar(dtype, data=None):
-    dt = _np_resolve_dtype(dtype)
-    if dt is None or not isinstance(data, bytes) or len(data) != dt.itemsize:
-        return StubObject("numpy", "scalar", (dtype, data))
-    return _np().frombuffer(data, dtype=dt)[0]
-
-
-def _np_reconstruct(*args):
-    return _NpArrayProxy(args)
-
-
-def _np_array_from(proxy_args, state):
-    np = _np()
-    if np is None or not (isinstance(state, tuple) and len(state) == 5):
-        return None
-    _version, shape, dtype, fortran, raw = state
-    dt = _np_resolve_dtype(dtype)
-    if dt is None or not isinstance(raw, (bytes, bytearray)) or type(fortran) is not bool:
-        return None
+def _zip_pickle(path_or_bytes, source: str) -> bytes:
     try:
-        shape = _int_tuple(shape, "shape")
-    except CheckpointError:
-        return None
-    if any(s < 0 for s in shape) or math.prod(shape) * dt.itemsize != len(raw):
-        return None
-    order = "F" if fortran else "C"
-    return np.frombuffer(bytes(raw), dtype=dt).reshape(shape, order=order).copy(order=order)
+        with zipfile.ZipFile(path_or_bytes) as zf:
+            names = zf.namelist()
+            if len(set(names)) != len(names):  # python's zipfile and torch's reader could pick different copies
+                raise CheckpointError(f"{source}: a zip file with duplicate entries is not a torch.save checkpoint")
+            pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(pkls) != 1:
+                if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+                    raise CheckpointError(f"{source} is a TorchScript archive (torch.jit.save), not a torch.save "
+                                          f"checkpoint")
+                raise CheckpointError(f"{source} is a zip file but not a torch.save checkpoint (no single "
+                                      f"<dir>/data.pkl)")
+            for info in zf.infolist():  # torch's zip reader does not check CRCs: a damaged record would load
+                if info.CRC == 0 and info.file_size:  # torch.save without CRCs (save.compute_crc32=False)
+                    continue
+                with zf.open(info) as r:
+                    while r.read(1 << 24):
+                        pass
+            return zf.read(pkls[0])
+    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as e:
+        raise CheckpointError(f"{source} is a truncated or corrupt zip checkpoint ({e}); {_INCOMPLETE}") from None
 
 
-def _np_frombuffer(buf, dtype, shape, order):  # numpy's protocol-5 reconstructor
-    dt = _np_resolve_dtype(dtype)
-    np = _np()
-    try:
-        shape = _int_tuple(shape, "shape")
-    except CheckpointError:
-        shape = None
-    if (dt is None or shape is None or not isinstance(buf, (bytes, bytearray)) or order not in ("C", "F")
-            or math.prod(shape) * dt.itemsize != len(buf)):
-        return StubObject("numpy", "_frombuffer", (buf, dtype, shape, order))
-    return np.frombuffer(bytes(buf), dtype=dt).reshape(shape, order=order).copy(order=order)
+# ------------------------------------------------------------------------------------------------ loading
+_LOCK = threading.RLock()  # torch's safe_globals registry is process-wide
+_ACTIVE = threading.local()
 
 
-# ------------------------------------------------------------------------------------------------ the allow-list
-def _build_allowed() -> dict:
-    a: dict = {}
-    tensor_fns = {"_rebuild_tensor": _rebuild_tensor, "_rebuild_tensor_v2": _rebuild_tensor_v2,
-                  "_rebuild_tensor_v3": _rebuild_tensor_v3, "_rebuild_parameter": _rebuild_parameter,
-                  "_rebuild_parameter_with_state": _rebuild_parameter_with_state,
-                  "_rebuild_device_tensor_from_cpu_tensor": _rebuild_device_tensor_from_cpu_tensor}
-    for n, fn in tensor_fns.items():
-        a[("torch._utils", n)] = _SafeFn(f"torch._utils.{n}", fn)
-    for mod in ("torch._tensor", "torch.tensor"):
-        a[(mod, "_rebuild_from_type_v2")] = _SafeFn(f"{mod}._rebuild_from_type_v2", _rebuild_from_type_v2)
-        a[(mod, "_rebuild_from_type")] = _SafeFn(f"{mod}._rebuild_from_type", _rebuild_from_type)
-    for mod in ("torch", "torch._tensor", "torch.tensor"):
-        a[(mod, "Tensor")] = _TensorType("torch.Tensor", False)
-    for mod in ("torch.nn.parameter", "torch.nn"):
-        a[(mod, "Parameter")] = _TensorType("torch.nn.Parameter", True)
-    for name, dt in _STORAGE_DTYPES.items():
-        for mod in ("torch", "torch.cuda", "torch.storage"):
-            a[(mod, name)] = _StorageType(name, getattr(torch, dt))
-    for n in _DTYPE_NAMES:
-        dt = getattr(torch, n, None)
-        if isinstance(dt, torch.dtype):
-            a[("torch", n)] = dt
-    a[("torch", "Size")] = _SafeFn("torch.Size", _torch_size)
-    a[("torch", "device")] = _SafeFn("torch.device", _torch_device)
-    a[("torch.storage", "_load_from_bytes")] = _SafeFn("torch.storage._load_from_bytes", _load_from_bytes)
-    a[("collections", "OrderedDict")] = OrderedDict
-    a[("collections", "defaultdict")] = _SafeFn("collections.defaultdict", _plain_dict)
-    for t in (dict, list, tuple, set, frozenset, complex, bytes, bytearray, slice, range, object):
-        a[("builtins", t.__name__)] = t
-    for n, t in _PLAIN_TYPES.items():
-        a[("builtins", n)] = t
-    a[("_codecs", "encode")] = a[("codecs", "encode")] = _SafeFn("_codecs.encode", _codecs_encode)
-    a[("copyreg", "_reconstructor")] = _SafeFn("copyreg._reconstructor", None)  # both handled in _call
-    a[("copyreg", "__newobj__")] = _SafeFn("copyreg.__newobj__", None)
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        a[(mod, "scalar")] = _SafeFn(f"{mod}.scalar", _np_scalar)
-        a[(mod, "_reconstruct")] = _SafeFn(f"{mod}._reconstruct", _np_reconstruct)
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        a[(mod, "_frombuffer")] = _SafeFn(f"{mod}._frombuffer", _np_frombuffer)
-    a[("numpy", "dtype")] = _SafeFn("numpy.dtype", _np_dtype_new)
-    a[("numpy", "ndarray")] = StubGlobal("numpy", "ndarray")  # only meaningful as _reconstruct's first argument
-    return a
+def _wo_message(e: Exception) -> str:
+    """The reason in torch's weights-only error, without its generic advice (which suggests weights_only=False)."""
+    m = re.search(r"WeightsUnpickler error: *(\S.*)", str(e))
+    if m:
+        return m.group(1).strip()
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation",
+                                                     "Please file an issue"))]
+    return (keep or lines or [type(e).__name__])[0]
 
 
-# ------------------------------------------------------------------------------------------------ the unpickler
-class RestrictedUnpickler(pickle._Unpickler):
-    """Unpickler that never imports or calls anything named in the pickle (see the module docstring).
-
-    ``storage_loader(storage_type: _StorageType, key, location, numel, view_metadata) -> _Storage`` materialises the
-    persistent storages of torch's formats; without it a pickle with persistent ids is refused."""
-
-    _allowed: dict = {}
-
-    def __init__(self, file, storage_loader=None, source: str = "checkpoint"):
-        super().__init__(file, encoding="utf-8")
-        self._storage_loader = storage_loader
-        self._source = source
-        self._stubs: dict = {}
-        if not RestrictedUnpickler._allowed:
-            RestrictedUnpickler._allowed = _build_allowed()
-
-    # -- globals
-    def find_class(self, module, name):
-        if not isinstance(module, str) or not isinstance(name, str):
-            raise CheckpointError("malformed pickle: global names must be strings")
-        if self.proto < 3:  # python 2 names (pure data mapping)
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                module = _compat_pickle.IMPORT_MAPPING[module]
-        hit = self._allowed.get((module, name))
-        if hit is not None:
-            return hit
-        top = module.split(".")[0]
-        if (module, name) not in _STUB_OK and module not in _STUB_OK_MODULES:
-            if top in _DENY_MODULES or module in _DENY_MODULES:
-                raise _unsafe(module, name, self._source)
-            if top in ("torch", "numpy", "safetensors"):
-                leaf = name.split(".")[-1]
-                if module == "torch._utils" and leaf.startswith("_rebuild_"):
-                    raise CheckpointError(f"{self._source}: unsupported tensor kind ({module}.{name}); only dense "
-                                          f"tensors can be read safely")
-                if not leaf.lstrip("_")[:1].isupper():  # function-like names of these libraries: refuse
-                    raise _unsafe(module, name, self._source)
-        key = (module, name)
-        stub = self._stubs.get(key)
-        if stub is None:
-            stub = self._stubs[key] = StubGlobal(module, name)
-        return stub
-
-    def persistent_load(self, pid):
-        if not isinstance(pid, tuple) or not pid:
-            raise CheckpointError(f"malformed pickle: persistent id {pid!r}")
-        kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
-        if kind == "module" and len(pid) >= 2:  # legacy format: (module class, source file, source)
-            return pid[1]
-        if kind != "storage" or len(pid) not in (5, 6):
-            raise CheckpointError(f"malformed pickle: persistent id {pid[:1]!r}")
-        if self._storage_loader is None:
-            raise CheckpointError("malformed pickle: a tensor storage outside a torch checkpoint")
-        stype, key, location, numel = pid[1:5]
-        view = pid[5] if len(pid) == 6 else None
-        if not isinstance(stype, _StorageType):
-            raise CheckpointError(f"malformed pickle: storage type {stype!r}")
-        if isinstance(key, bytes):
-            key = key.decode("ascii")
-        if not isinstance(key, str) or type(numel) is not int or numel < 0:
-            raise CheckpointError(f"malformed pickle: storage record {key!r}, {numel!r}")
-        return self._storage_loader(stype, key, location, numel, view)
-
-    # -- calls
-    def _call(self, func, args, kwargs=None):
-        if type(args) is not tuple:
-            raise CheckpointError(f"malformed pickle: call arguments are a {type(args).__name__}, not a tuple")
-        kwargs = kwargs or {}
-        if not isinstance(kwargs, dict):
-            raise CheckpointError("malformed pickle: keyword arguments are not a dict")
-        if isinstance(func, StubGlobal):
-            return StubObject(func.module, func.name, args, kwargs)
-        if isinstance(func, _SafeFn):
-            if func.qualname == "copyreg._reconstructor":
-                if len(args) != 3:
-                    raise CheckpointError("malformed copyreg._reconstructor call")
-                cls, _base, state = args
-                if isinstance(cls, StubGlobal):
-                    return StubObject(cls.module, cls.name, (), {}, state)
-                if cls in _TYPE_CTORS:
-                    return _TYPE_CTORS[cls]()
-                raise CheckpointError(f"unsupported copyreg._reconstructor of {cls!r}")
-            if func.qualname == "copyreg.__newobj__":
-                if not args:
-                    raise CheckpointError("malformed copyreg.__newobj__ call")
-                if isinstance(args[0], StubGlobal):
-                    return self._call(args[0], args[1:])
-                return self._newobj_builtin(args[0], args[1:])
-            return func.fn(*args, **kwargs)
-        if isinstance(func, type) and func in _TYPE_CTORS and not kwargs:
-            return _TYPE_CTORS[func](*args)
-        if isinstance(func, type) and func in _PLAIN_TYPES.values() and not kwargs and not args:
-            return func()
-        raise CheckpointError(f"malformed pickle: cannot call a {type(func).__name__} ({func!r})")
-
-    def load_reduce(self):
-        args = self.stack.pop()
-        self.stack[-1] = self._call(self.stack[-1], args)
-
-    def load_newobj(self):
-        args = self.stack.pop()
-        cls = self.stack.pop()
-        self.append(self._call(cls, args) if isinstance(cls, StubGlobal) else self._newobj_builtin(cls, args))
-
-    def load_newobj_ex(self):
-        kwargs = self.stack.pop()
-        args = self.stack.pop()
-        cls = self.stack.pop()
-        if isinstance(cls, StubGlobal):
-            self.append(self._call(cls, args, kwargs))
-        else:
-            self.append(self._newobj_builtin(cls, args))
-
-    @staticmethod
-    def _newobj_builtin(cls, args):
-        # cls.__new__(cls, *args): for our container types the arguments are ignored, like their __new__ does
-        if isinstance(cls, type) and cls in _TYPE_CTORS:
-            return _TYPE_CTORS[cls]() if cls not in (tuple, frozenset, complex, bytes, range, slice) \
-                else _TYPE_CTORS[cls](*args)
-        raise CheckpointError(f"malformed pickle: cannot create an object of {cls!r}")
-
-    def _instantiate(self, klass, args):
-        self.append(self._call(klass, tuple(args)))
-
-    # -- mutations
-    def load_build(self):
-        state = self.stack.pop()
-        inst = self.stack[-1]
-        if isinstance(inst, StubObject):
-            inst.state = state
-        elif isinstance(inst, _NpDtypeProxy):
-            dt = _np_dtype_from(inst.args, state)
-            self._replace_top(inst, dt if dt is not None else StubObject("numpy", "dtype", inst.args, None, state))
-        elif isinstance(inst, _NpArrayProxy):
-            arr = _np_array_from(inst.args, state)
-            self._replace_top(inst, arr if arr is not None else StubObject("numpy", "ndarray", inst.args, None,
-                                                                           state))
-        elif isinstance(inst, OrderedDict) and (state is None or isinstance(state, dict)):
-            for k, v in (state or {}).items():  # e.g. a state_dict's _metadata attribute
-                if type(k) is not str:
-                    raise CheckpointError("malformed pickle: non-string attribute name")
-                inst.__dict__[sys.intern(k)] = v
-        elif isinstance(inst, torch.Tensor):
-            pass  # python attributes of tensors are not restored
-        else:
-            raise CheckpointError(f"malformed pickle: cannot set the state of a {type(inst).__name__}")
-
-    def _replace_top(self, old, new):
-        self.stack[-1] = new
-        for k in reversed(self.memo):  # the proxy was memoised just before its BUILD
-            if self.memo[k] is old:
-                self.memo[k] = new
-                break
-
-    def load_append(self):
-        value = self.stack.pop()
-        self._extend(self.stack[-1], [value])
-
-    def load_appends(self):
-        items = self.pop_mark()
-        self._extend(self.stack[-1], items)
-
-    @staticmethod
-    def _extend(target, items):
-        if type(target) is list:
-            target.extend(items)
-        elif isinstance(target, StubObject):
-            target.items.extend(items)
-        else:
-            raise CheckpointError(f"malformed pickle: cannot append to a {type(target).__name__}")
-
-    def load_setitem(self):
-        value = self.stack.pop()
-        key = self.stack.pop()
-        self._setitems(self.stack[-1], [key, value])
-
-    def load_setitems(self):
-        items = self.pop_mark()
-        self._setitems(self.stack[-1], items)
-
-    @staticmethod
-    def _setitems(target, items):
-        if type(target) in (dict, OrderedDict):
-            d = target
-        elif isinstance(target, StubObject):
-            d = target.dict_items
-        else:
-            raise CheckpointError(f"malformed pickle: cannot set items of a {type(target).__name__}")
-        for i in range(0, len(items) - 1, 2):
-            d[items[i]] = items[i + 1]
-
-    def load_additems(self):
-        items = self.pop_mark()
-        target = self.stack[-1]
-        if type(target) is not set:
-            raise CheckpointError(f"malformed pickle: cannot add items to a {type(target).__name__}")
-        target.update(items)
-
-    def get_extension(self, code):
-        raise CheckpointError("malformed pickle: extension codes (copyreg registry) are not supported")
-
-    dispatch = dict(pickle._Unpickler.dispatch)
-    dispatch[pickle.REDUCE[0]] = load_reduce
-    dispatch[pickle.NEWOBJ[0]] = load_newobj
-    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
-    dispatch[pickle.BUILD[0]] = load_build
-    dispatch[pickle.APPEND[0]] = load_append
-    dispatch[pickle.APPENDS[0]] = load_appends
-    dispatch[pickle.SETITEM[0]] = load_setitem
-    dispatch[pickle.SETITEMS[0]] = load_setitems
-    dispatch[pickle.ADDITEMS[0]] = load_additems
-
-
-# ------------------------------------------------------------------------------------------------ file formats
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_INCOMPLETE = "the download is probably incomplete (or the file is damaged): download it again"
-
-
-def _storage_from_bytes(data: bytes, dtype: torch.dtype, swap: bool) -> torch.UntypedStorage:
-    if not data:
-        return torch.UntypedStorage(0)
-    st = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8)
-    if swap and _element_size(dtype) > 1:
-        st.byteswap(dtype)
-    return st
-
-
-def _unpickle(data: bytes, loader, source: str):
-    return RestrictedUnpickler(io.BytesIO(data), storage_loader=loader, source=source).load()
-
-
-def _load_zip(zf: zipfile.ZipFile, source: str):
-    names = zf.namelist()
-    pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    if len(pkls) != 1:
-        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-            raise CheckpointError(f"{source} is a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
-        raise CheckpointError(f"{source} is a zip file but not a torch.save checkpoint (no single <dir>/data.pkl)")
-    root = pkls[0][: -len("data.pkl")]
-    byteorder = "little"
-    if root + "byteorder" in names:
-        byteorder = zf.read(root + "byteorder").decode("ascii", "replace").strip()
-        if byteorder not in ("little", "big"):
-            raise CheckpointError(f"{source}: unknown byte order {byteorder!r}")
-    swap = byteorder != sys.byteorder
-    cache: dict = {}
-
-    def loader(stype, key, location, numel, view):
-        dtype = stype.dtype
-        if key not in cache:
-            nbytes = numel * _element_size(dtype)
-            name = f"{root}data/{key}"
-            try:
-                zinfo = zf.getinfo(name)
-            except KeyError:
-                raise CheckpointError(f"{source}: storage record {name} is missing; {_INCOMPLETE}") from None
-            if zinfo.file_size != nbytes:  # checked before reading: sizes in the pickle cannot force big reads
-                raise CheckpointError(f"{source}: storage {name} holds {zinfo.file_size} bytes, expected {nbytes}; "
-                                      f"{_INCOMPLETE}")
-            data = zf.read(zinfo)
-            if len(data) != nbytes:
-                raise CheckpointError(f"{source}: storage {name} holds {len(data)} bytes, expected {nbytes}; "
-                                      f"{_INCOMPLETE}")
-            cache[key] = _Storage(_storage_from_bytes(data, dtype, swap), dtype)
-        return cache[key]
-
-    return _unpickle(zf.read(pkls[0]), loader, source)
-
-
-def _load_pickle_stream(f, source: str, size: int, allow_plain: bool = True):
-    """Legacy torch.save stream (magic number, protocol, sys info, object, storage keys, raw storages) or, when
-    ``allow_plain``, a plain pickle (persistent ids refused). ``size``: the stream's length (bounds allocations)."""
-    first = RestrictedUnpickler(f, source=source).load()
-    if first != _LEGACY_MAGIC:
-        if not allow_plain:
-            raise CheckpointError(f"{source}: not a torch checkpoint stream")
-        return first
-    proto = RestrictedUnpickler(f, source=source).load()
-    if proto != 1001:
-        raise CheckpointError(f"{source}: unsupported legacy torch format version {proto!r}")
-    RestrictedUnpickler(f, source=source).load()  # sys info (storages are written little-endian regardless)
-    storages: dict = {}
-    views: dict = {}
-
-    def loader(stype, key, location, numel, view):
-        dtype = stype.dtype
-        if key not in storages:
-            nbytes = numel * _element_size(dtype)
-            if nbytes > size:  # the data follows in the same stream: a larger claim is corrupt (or hostile)
-                raise CheckpointError(f"{source}: storage {key} claims {nbytes} bytes, more than the whole file "
-                                      f"({size} bytes); {_INCOMPLETE}")
-            storages[key] = _Storage(torch.UntypedStorage(nbytes), dtype)
-        root = storages[key]
-        if view is None:
-            return root
-        vkey, off, vsize = view
-        if vkey not in views:
-            es = _element_size(dtype)
-            views[vkey] = _Storage(root.untyped[off * es:(off + vsize) * es], dtype)
-        return views[vkey]
-
-    obj = RestrictedUnpickler(f, storage_loader=loader, source=source).load()
-    keys = RestrictedUnpickler(f, source=source).load()
-    if not isinstance(keys, list):
-        raise CheckpointError(f"{source}: malformed legacy storage list")
-    for key in keys:
-        if key not in storages:
-            raise CheckpointError(f"{source}: legacy storage {key!r} is not referenced")
-        st = storages[key]
-        es = _element_size(st.dtype)
-        head = f.read(8)
-        if len(head) != 8:
-            raise EOFError("storage header cut short")
-        (numel,) = struct.unpack("<q", head)
-        nbytes = numel * es
-        if nbytes != st.untyped.nbytes():
-            raise CheckpointError(f"{source}: legacy storage {key} holds {nbytes} bytes, expected "
-                                  f"{st.untyped.nbytes()}")
-        data = f.read(nbytes)
-        if len(data) != nbytes:
-            raise EOFError("storage data cut short")
-        if nbytes:
-            src = _storage_from_bytes(data, st.dtype, swap=sys.byteorder != "little")  # always little-endian
-            st.untyped.copy_(src)
-    return obj
-
-
-def _load_from_bytes(b):
-    """torch.storage._load_from_bytes (storages pickled with plain pickle): a legacy torch.save blob, read safely."""
-    if not isinstance(b, (bytes, bytearray)):
-        raise CheckpointError("malformed torch.storage._load_from_bytes record")
-    bio = io.BytesIO(bytes(b))
-    if bytes(b[:4]) == b"PK\x03\x04":
-        with zipfile.ZipFile(bio) as zf:
-            obj = _load_zip(zf, "embedded storage")
+def _load(f, source: str, size: int):
+    """Classify every global ``f`` names, then ``torch.load(weights_only=True)`` with the stand-ins registered."""
+    head = f.read(4)
+    f.seek(0)
+    if head[:2] == b"PK":
+        pkl = _zip_pickle(f, source)
+        f.seek(0)
+        names, proto, kind = _list_globals(io.BytesIO(pkl), size, source)
+        kind = "zip"
     else:
-        obj = _load_pickle_stream(bio, "embedded storage", len(b), allow_plain=False)
-    if isinstance(obj, _Storage):
-        return obj
-    raise CheckpointError("malformed torch.storage._load_from_bytes record")
+        names, proto, kind = _list_globals(f, size, source)
+    safe = {}
+    for q in dict.fromkeys(names):
+        if q == "?":
+            raise CheckpointError(f"{source}: a global built at load time (STACK_GLOBAL) cannot be checked; "
+                                  f"refused")
+        s = _classify(q, source)
+        if s is not None:
+            safe[q] = s
+    if kind == "plain":  # not a torch.save stream: wrap it in the legacy envelope so that torch.load reads it
+        env = [pickle.dumps(_LEGACY_MAGIC, 2), pickle.dumps(1001, 2), pickle.dumps({"protocol_version": 1001}, 2)]
+        f = io.BytesIO(b"".join(env) + f.read() + pickle.dumps([], 2))
+    with _LOCK:
+        nested = getattr(_ACTIVE, "on", False)
+        if nested and any(q not in ALLOWED for q in safe):
+            raise CheckpointError(f"{source}: an embedded storage names {sorted(safe)}")
+        pairs = [] if nested else [(s, q) for q, s in safe.items()] + _BUILD_ONLY
+        _ACTIVE.on = True
+        try:
+            with torch.serialization.safe_globals(pairs), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            msg = _wo_message(e)
+            m = re.match(r"Unsupported operand (\d+)", msg)
+            if m:
+                op = pickletools.code2op.get(chr(int(m.group(1))))
+                raise CheckpointError(
+                    f"{source}: written with pickle protocol {proto or '0/1'}, whose opcode "
+                    f"{op.name if op else m.group(1)} PyTorch's weights-only unpickler does not read; only "
+                    f"protocol 2 (what torch.save and Lightning write) is supported") from None
+            raise CheckpointError(f"{source}: malformed checkpoint ({msg})") from None
+        finally:
+            _ACTIVE.on = nested
 
 
 def load_checkpoint(path):
-    """The whole object of a torch.save / Lightning checkpoint, read without executing anything.
+    """The whole object of a torch.save / Lightning checkpoint, read by PyTorch's weights-only unpickler.
 
-    Tensors are real CPU tensors (views keep sharing storage as saved); objects of unknown classes are inert
+    Tensors are real CPU tensors (views keep sharing storage as saved); objects of other classes are inert
     :class:`StubObject` records. Raises FileNotFoundError, :class:`UnsafeCheckpointError` (the pickle names code
     such as ``os.system``) or :class:`CheckpointError` (truncated, corrupt, not a checkpoint)."""
     p = Path(path)
@@ -896,32 +477,26 @@ def load_checkpoint(path):
         raise CheckpointError(f"cannot read {src}: {e}") from None
     if size == 0:
         raise CheckpointError(f"{src} is empty; {_INCOMPLETE}")
-    try:
-        if head[:2] == b"PK":
-            try:
-                zf = zipfile.ZipFile(p)
-            except (zipfile.BadZipFile, EOFError, OSError) as e:
-                raise CheckpointError(f"{src} ({size} bytes) is a truncated or corrupt zip checkpoint ({e}); "
-                                      f"{_INCOMPLETE}") from None
-            with zf:
-                return _load_zip(zf, src)
-        if head[:1] == b"\x80":
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        if tarfile.is_tarfile(p):
+            raise CheckpointError(f"{src} is in the tar format of torch < 0.4, which cannot be read safely; re-save "
+                                  f"it with a recent torch first (only if you trust it)")
+        try:  # a protocol 0/1 pickle names its globals too: refuse a hostile one by name
             with open(p, "rb") as fh:
-                return _load_pickle_stream(fh, src, size)
-    except (UnsafeCheckpointError, CheckpointError, MemoryError):
+                _list_globals(fh, size, src)
+        except CheckpointError:
+            raise CheckpointError(f"{src} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle; first "
+                                  f"bytes {head!r})") from None
+    try:
+        with open(p, "rb") as fh:
+            return _load(fh, src, size)
+    except (UnsafeCheckpointError, CheckpointError):
         raise
-    except (EOFError, zipfile.BadZipFile, zlib.error, struct.error) as e:
-        raise CheckpointError(f"{src} ({size} bytes) is truncated or corrupt ({type(e).__name__}: {e}); "
-                              f"{_INCOMPLETE}") from None
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{src}: corrupt pickle data ({e}); {_INCOMPLETE}") from None
-    except Exception as e:  # malformed pickles: stack/memo errors, bad arguments ...
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{src} ({size} bytes) is truncated or corrupt ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); {_INCOMPLETE}") from None
+    except Exception as e:  # malformed pickles: stack/memo errors, bad arguments, MemoryError ...
         raise CheckpointError(f"{src}: malformed checkpoint ({type(e).__name__}: {e})") from None
-    if tarfile.is_tarfile(p):
-        raise CheckpointError(f"{src} is in the tar format of torch < 0.4, which cannot be read safely; re-save it "
-                              f"with a recent torch first (only if you trust it)")
-    raise CheckpointError(f"{src} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle; first bytes "
-                          f"{head!r})")
 
 
 # ------------------------------------------------------------------------------------------------ state dicts

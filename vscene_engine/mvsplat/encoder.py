@@ -181,7 +181,7 @@ def _strip_prefix(sd: dict) -> dict:
 def load_mvsplat(path, device="cpu", dtype: torch.dtype = torch.float32, config: MVSplatConfig | None = None,
                  **overrides) -> MVSplatEncoder:
     """Load an MVSplat encoder from ``.safetensors`` (keys with or without ``encoder.``) or a Lightning ``.ckpt``
-    (read with the restricted unpickler :func:`vscene_engine.safe_ckpt.read_state_dict`).
+    (read by :func:`vscene_engine.safe_ckpt.read_state_dict`: PyTorch's weights-only unpickler, inert stand-ins).
 
     The config is inferred with :meth:`MVSplatConfig.from_state_dict` (``overrides`` are passed to it) unless
     ``config`` is given. Loading is strict; a mismatch raises ValueError listing the first missing / unexpected /
@@ -194,7 +194,7 @@ def load_mvsplat(path, device="cpu", dtype: torch.dtype = torch.float32, config:
         from safetensors.torch import load_file
         sd = load_file(str(path))
     else:
-        from .. import safe_ckpt  # imported lazily: restricted unpickler for Lightning checkpoints
+        from .. import safe_ckpt  # imported lazily: weights-only reading of Lightning checkpoints
         sd = safe_ckpt.read_state_dict(str(path), prefix="encoder.")
     sd = _strip_prefix(sd)
     try:

@@ -3,7 +3,7 @@
 Entry points::
 
     from vscene_engine.noposplat import load_noposplat, noposplat_prior
-    net = load_noposplat("models/noposplat/re10k.ckpt")        # or .safetensors; strict, safe unpickler
+    net = load_noposplat("models/noposplat/re10k.ckpt")        # or .safetensors; strict, weights-only read
     res = noposplat_prior(net, img_a, img_b)                     # GaussianScene in camera A's frame + both cameras
 
 Submodules and the official files they correspond to:

@@ -2,10 +2,11 @@
 
 Entry point: :func:`load_noposplat` ``(path) -> NoPoSplatNet`` (eval mode).
 
-Lightning checkpoints are read with the project's restricted unpickler (:func:`vscene_engine.safe_ckpt.read_state_dict`,
-never a plain ``torch.load``); their model keys are ``encoder.<name>`` (the LightningModule stores the network as
-``self.encoder``; its decoder, losses and the training-time distiller add no persistent entries), and the prefix is
-stripped. ``.safetensors`` files may hold the names with or without ``encoder.``. Loading is strict.
+Lightning checkpoints are read by :func:`vscene_engine.safe_ckpt.read_state_dict` (PyTorch's weights-only unpickler
+with our inert stand-ins, never a plain ``torch.load``); their model keys are ``encoder.<name>`` (the LightningModule
+stores the network as ``self.encoder``; its decoder, losses and the training-time distiller add no persistent
+entries), and the prefix is stripped. ``.safetensors`` files may hold the names with or without ``encoder.``.
+Loading is strict.
 """
 
 from __future__ import annotations
