@@ -1,8 +1,15 @@
 """Diffusion² score composition: sample a V x F grid of latents with a video model and a multi-view model.
 
-Entry point: :func:`compose_sample`. One denoising step of the composition is :func:`compose_x0` (what a host's
-guider calls when the host's own sampler does the stepping); the weight schedules are :func:`schedule_values` and
-:func:`orbit_view_weights`; the EDM noise levels are :func:`sigmas_karras`.
+Entry point: :func:`compose_sample` (thin: builds the pieces below and runs one sampler). In the k-diffusion shape:
+
+- the denoiser: :class:`ComposedDenoiser` ``model(x [V, F, C, H, W], level, step) -> x0``: the two models (plus an
+  optional single-image model), the video weight of each step and view, the known (conditioning) entries and the
+  optional 3D-aware x0 hook. A host guider wraps the same object (nodes/guider.py); :func:`compose_x0` is one call.
+- the samplers: :func:`sample_euler`, :func:`sample_heun` (EDM sigmas, :func:`sigmas_karras`) and
+  :func:`sample_ddim` (:func:`ddim_steps` of a ``schedule.NoiseSchedule``), each ``(model, x, levels, callback)``.
+- the configuration: :class:`WeightSchedule` (s(i) by :func:`schedule_values`, per-view weights
+  :func:`orbit_view_weights`, :func:`composition_weights`), :class:`KarrasSigmas`, :class:`GridConditioning`,
+  :class:`Batching`.
 
 The grid (Diffusion², fudan-zvg/diffusion-square, ``main.py::parallel_denoising_ddp``)::
 
@@ -15,7 +22,7 @@ The grid (Diffusion², fudan-zvg/diffusion-square, ``main.py::parallel_denoising
 
 Denoisers are in x0-prediction form. ``level`` is a Python float sigma for the EDM samplers ("euler", "heun": the
 model input is x = x0 + sigma * eps) and a Python int timestep for "ddim" (x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
-over ``leap.alphas_cumprod(scheduler_config)``). ``cond`` is the per-row / per-column / per-image conditioning the
+over the ``schedule.NoiseSchedule``'s alphas_cumprod). ``cond`` is the per-row / per-column / per-image conditioning the
 caller gave (``row_cond`` / ``col_cond`` / ``ind_cond``) restricted to the B items of the call: a tensor or list with
 one entry per view (rows), per frame (columns) or per image (V * F, view-major), or a callable receiving the
 LongTensor of indices; None stays None.
