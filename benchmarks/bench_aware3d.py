@@ -96,7 +96,10 @@ def run_sampler_toy(args, path, truth, bad, cfg) -> dict:
     """50-step DDIM with a posterior-mean denoiser that believes in its own (perturbed) views."""
     from vscene_engine.compose import Batching, WeightSchedule, compose_sample
 
-    acp = leap.alphas_cumprod({"rescale_betas_zero_snr": True}).double()
+    from vscene_engine.cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG
+    from vscene_engine.schedule import NoiseSchedule
+
+    acp = NoiseSchedule.from_config(COGVIDEOX_5B_SCHEDULER_CONFIG).alphas_cumprod.double()
     m = enc(bad).unsqueeze(1)  # [V, 1, C, h, w]
     s2 = args.prior_std ** 2
 
@@ -183,7 +186,7 @@ def run_replication(args) -> dict:
         plain = leap.leap_sample(student, a, b, coarse, timestep=best_t, seed=seed)
         add(f"student, 1 step, t={best_t}", plain.frames, gt, path)
         t1 = time.perf_counter()
-        ref = leap.refine_3d(student, plain, path, t_small=200, seed=seed, cfg=rcfg, first=a, last=b)
+        ref = A.refine_3d(student, plain, path, t_small=200, seed=seed, cfg=rcfg, first=a, last=b)
         fits.append(time.perf_counter() - t1)
         add("3DGS fit of the student output, rendered (no re-noise)", ref.render, gt, path)
         add("student + refine_3d, t_small=200", ref.frames, gt, path)

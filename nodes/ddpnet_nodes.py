@@ -13,7 +13,6 @@ from . import host
 
 CATEGORY = "VideoScene"
 _NONE = "none"
-REFERENCE_T = 549
 
 
 def _text_image(lines, size=(256, 512)) -> torch.Tensor:
@@ -73,12 +72,14 @@ class DDPNetTimestep:
 
     def run(self, weights, mode, seed, frames=None, latent=None, video_model=None):
         from vscene_engine.ddpnet import choose_timestep, frames_input, latent_input, load_ddpnet, policy_plot
+        from vscene_engine.schedule import REFERENCE_TIMESTEP
 
         if weights == _NONE:
-            info = {"timestep": REFERENCE_T, "source": "no DDPNet weights: the reference constant t = 549"}
-            img = _text_image(["DDPNet: no weights loaded", f"using the reference constant t = {REFERENCE_T}",
+            info = {"timestep": REFERENCE_TIMESTEP,
+                    "source": f"no DDPNet weights: the reference constant t = {REFERENCE_TIMESTEP}"}
+            img = _text_image(["DDPNet: no weights loaded", f"using the reference constant t = {REFERENCE_TIMESTEP}",
                                "(load DDPNet weights to choose t per scene)"])
-            return (REFERENCE_T, img[None], json.dumps(info, indent=1))
+            return (REFERENCE_TIMESTEP, img[None], json.dumps(info, indent=1))
         net = load_ddpnet(host.model_path("videoscene", weights))
         kind = net.config.kind
         host.check_interrupt()
@@ -101,9 +102,8 @@ class DDPNetTimestep:
                 raise ValueError("this DDPNet was trained on pixel videos: connect frames")
             x = frames_input(frames.float().cpu())
         gen = torch.Generator().manual_seed(int(seed))
-        t, probs, bins = choose_timestep(net, x, mode=mode, generator=gen)
-        t = int(t[0]) if isinstance(t, (list, tuple)) else int(t)
-        p = probs[0] if probs.ndim == 2 else probs
+        ts, probs, bins = choose_timestep(net, x, mode=mode, generator=gen)  # list[int], one per video
+        t, p = ts[0], probs[0]
         plot = policy_plot(p, bins, chosen=t)
         info = {"timestep": t, "mode": mode, "kind": kind, "bins": list(bins),
                 "probs": [round(float(v), 4) for v in p], "source": weights}

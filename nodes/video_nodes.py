@@ -163,12 +163,14 @@ class LeapFlowStudent:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from vscene_engine.schedule import REFERENCE_TIMESTEP
+
         return {
             "required": {
                 "video_model": ("VSCENE_VIDEO_MODEL", {"tooltip": "From Load VideoScene Model."}),
                 "frames": ("IMAGE", {"tooltip": "Coarse video rendered along the path (Coarse Splat Prior "
                                                 "frames): 49 frames for CogVideoX-5B."}),
-                "timestep": ("INT", {"default": 549, "min": 1, "max": 999,
+                "timestep": ("INT", {"default": REFERENCE_TIMESTEP, "min": 1, "max": 999,
                                      "tooltip": "Leap timestep: how far the coarse video is noised before the "
                                                 "one-step jump (VideoScene: 549; its demo: 459). Lower keeps more "
                                                 "of the prior. Connect DDPNet Timestep to choose it per input."}),
@@ -223,7 +225,8 @@ class LeapFlowStudent:
 
     @staticmethod
     def _refine(video_model, res, a, b, video, aspect, seed, refine_t, trajectory, prior_splat):
-        from vscene_engine.leap import _aspect_plan, refine_3d
+        from vscene_engine.aware3d import refine_3d
+        from vscene_engine.leap import aspect_plan
 
         if trajectory is None:
             raise ValueError("refine_3d needs the trajectory (cameras of the frames): connect Coarse Splat Prior's "
@@ -234,7 +237,7 @@ class LeapFlowStudent:
         cams = trajectory.clone()
         if aspect == "crop":
             H, W = video_model.native_size
-            y0, x0, ch, cw = _aspect_plan(video.shape[1], video.shape[2], H, W, "crop")["crop"]
+            y0, x0, ch, cw = aspect_plan(video.shape[1], video.shape[2], H, W, "crop")["crop"]
             cams = cams.resized(video.shape[2], video.shape[1]).cropped(x0, y0, cw, ch)
         init = host.splat_to_scenes(prior_splat)[0].to(dtype=torch.float32).clone() if prior_splat is not None \
             else None
@@ -262,6 +265,8 @@ class VideoSceneTeacher:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from vscene_engine.schedule import REFERENCE_TIMESTEP
+
         return {
             "required": {
                 "video_model": ("VSCENE_VIDEO_MODEL", {"tooltip": "From Load VideoScene Model (weights = none "
@@ -273,7 +278,7 @@ class VideoSceneTeacher:
                                                   "the loader; CogVideoX default 6)."}),
                 "init": (["noise", "video"], {"default": "noise", "tooltip": "Start from noise or from the "
                                                                              "noised coarse video."}),
-                "start_timestep": ("INT", {"default": 549, "min": 1, "max": 999,
+                "start_timestep": ("INT", {"default": REFERENCE_TIMESTEP, "min": 1, "max": 999,
                                            "tooltip": "init = video: timestep the coarse video is noised to."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "tooltip": "Seeds all randomness."}),
                 "aspect": (["stretch", "crop", "pad"], {"default": "stretch", "tooltip": "As LeapFlowStudent."}),

@@ -271,10 +271,10 @@ def test_refine_3d_is_fit_render_then_one_student_step():
     a, b = video[0], video[-1]
     res = leap.leap_sample(model, a, b, video, timestep=549, seed=5)
     cfg = A.Aware3DConfig(iters=10, init_iters=20, n_init=300, background=BG)
-    ref = leap.refine_3d(model, res, path, t_small=200, seed=5, cfg=cfg, first=a, last=b)
+    ref = A.refine_3d(model, res, path, t_small=200, seed=5, cfg=cfg, first=a, last=b)
     assert ref.frames.shape == res.frames.shape and ref.timesteps == [200]
     assert ref.info["aware3d"]["iters"] == 20 and ref.render.shape == res.frames.shape
     again = leap.leap_sample(model, a, b, ref.render, timestep=200, seed=5)
     assert torch.equal(again.frames, ref.frames)  # exactly one student step from the render
     with pytest.raises(ValueError, match="cameras"):
-        leap.refine_3d(model, res, path[:3], cfg=cfg)
+        A.refine_3d(model, res, path[:3], cfg=cfg)

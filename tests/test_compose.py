@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vscene_engine.cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG
 from vscene_engine.compose import (Batching, GridConditioning, WeightSchedule, compose_sample, compose_x0,
                                    composition_weights, orbit_view_weights, schedule_values, sigmas_karras,
                                    step_index)
-from vscene_engine.leap import alphas_cumprod
+from vscene_engine.schedule import alphas_cumprod
 
 # ============================================================================ analytic Gaussian grid (Theorem 3.1)
 V3 = F3 = 3
@@ -15,7 +16,7 @@ K_V = torch.tensor([[1.0, 0.8, 0.5], [0.8, 1.0, 0.7], [0.5, 0.7, 1.0]], dtype=to
 K_F = torch.tensor([[1.0, 0.7, 0.3], [0.7, 1.0, 0.6], [0.3, 0.6, 1.0]], dtype=torch.float64)  # across frames
 MEAN = torch.arange(9, dtype=torch.float64).reshape(3, 3) / 4 - 1
 JOINT = torch.kron(K_V, K_F)                      # Cov(vec X), view-major
-_ACP = alphas_cumprod({"rescale_betas_zero_snr": True}).to(torch.float64)  # the CogVideoX-5B schedule
+_ACP = alphas_cumprod(COGVIDEOX_5B_SCHEDULER_CONFIG).to(torch.float64)  # the CogVideoX-5B schedule
 
 
 def _signal_noise(level) -> tuple[float, float]:
@@ -278,7 +279,7 @@ def test_conditioning_is_clamped(sampler):
     if sampler == "euler":
         expect = ccol[int(c[0])] + level * noise[int(c[0]), 2]
     else:
-        a = float(alphas_cumprod({"rescale_betas_zero_snr": True})[level])
+        a = float(alphas_cumprod(COGVIDEOX_5B_SCHEDULER_CONFIG)[level])
         expect = a ** 0.5 * ccol[int(c[0])] + (1 - a) ** 0.5 * noise[int(c[0]), 2]
     assert torch.allclose(x[0, 2], expect, atol=1e-4)
     bad = ccol.clone()

@@ -70,8 +70,8 @@ def test_bandit_learns_input_dependent_timestep(bandit, explore, entropy, steps)
     assert sum(h["greedy_histogram"]) == len(xs) and h["bins"] == bins
     assert all(h["greedy_histogram"][b] > 0 for b in BEST)
     # the picked timestep follows the input
-    t, probs, b = choose_timestep(net, xt[0])
-    assert t == bins[int(bt[0])] and probs.shape == (10,) and abs(float(probs.sum()) - 1) < 1e-5
+    ts, probs, b = choose_timestep(net, xt[0])  # one video = a batch of 1: a list of 1 and probs [1, n_bins]
+    assert ts == [bins[int(bt[0])]] and probs.shape == (1, 10) and abs(float(probs.sum()) - 1) < 1e-5
 
 
 def test_training_is_deterministic(bandit):
@@ -113,6 +113,7 @@ def test_choose_timestep_batch_sample_and_wrong_input():
     x = torch.randn(3, 4, 2, 8, 8)
     ts, probs, bins = choose_timestep(net, x)
     assert isinstance(ts, list) and len(ts) == 3 and set(ts) <= set(bins) and probs.shape == (3, 10)
+    assert all(type(t) is int for t in ts)
     s1 = choose_timestep(net, x, "sample", torch.Generator().manual_seed(1))[0]
     s2 = choose_timestep(net, x, "sample", torch.Generator().manual_seed(1))[0]
     assert s1 == s2

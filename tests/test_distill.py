@@ -99,9 +99,9 @@ def _reference_step(model, data, seed, k, t_max, cfg_scale, lr):
     x0r, img, emb = s["render_latents"], s["image_latents"], model.prompt_embeds
 
     def x0_of(net, x, t, guided=False):
-        out = leap._transformer(net, x, img, t, emb, rope)
+        out = leap.transformer_output(net, x, img, t, emb, rope)
         if guided:
-            u = leap._transformer(net, x, img, t, model.negative_prompt_embeds, rope)
+            u = leap.transformer_output(net, x, img, t, model.negative_prompt_embeds, rope)
             out = u + cfg_scale * (out - u)
         return leap.x0_from_output(out, x, t, acp, "v_prediction")
 

@@ -215,11 +215,11 @@ def test_multistep_consistency(tiny, inputs):
     x = leap.add_noise(lat, torch.randn(lat.shape, generator=g), 549, acp)
     rope = leap.rotary_embedding(tiny, 3, 8, 12, "cpu")
     with torch.no_grad():
-        v = leap._transformer(tiny.transformer, x, cond["image_latents"], 549, tiny.prompt_embeds, rope)
+        v = leap.transformer_output(tiny.transformer, x, cond["image_latents"], 549, tiny.prompt_embeds, rope)
         x0 = leap.x0_from_output(v, x, 549, acp, "v_prediction")
         assert torch.allclose(x0 / 0.7, one.latents.permute(0, 2, 1, 3, 4), atol=1e-6)
         x = leap.add_noise(x0, torch.randn(x0.shape, generator=g), 274, acp)
-        v = leap._transformer(tiny.transformer, x, cond["image_latents"], 274, tiny.prompt_embeds, rope)
+        v = leap.transformer_output(tiny.transformer, x, cond["image_latents"], 274, tiny.prompt_embeds, rope)
         x0 = leap.x0_from_output(v, x, 274, acp, "v_prediction")
     assert torch.allclose(x0 / 0.7, two.latents.permute(0, 2, 1, 3, 4), atol=1e-6)
 
@@ -280,7 +280,7 @@ def test_aspect_modes(tiny, aspect, size, out):
 
 def test_pad_mode_keeps_content_where_model_is_identity(tiny):
     # with an identity "model" (VAE round trip replaced by the inputs) the pad plan must restore the input exactly
-    plan = leap._aspect_plan(50, 120, 64, 96, "pad")
+    plan = leap.aspect_plan(50, 120, 64, 96, "pad")
     x = torch.rand(2, 3, 50, 120)
     padded = leap._apply_plan(x, plan, (80, 120), "bicubic")  # exact aspect 2:3 -> no resampling
     back = leap._restore(padded, plan)

@@ -31,7 +31,8 @@ Where the hook is called:
   [V * F, C, H, W] (item v * F + f = view v, frame f, the ComfyUI latent-batch order), so ``cameras`` (and ``decode``'s
   output) have V * F entries in that order; :func:`grid_groups` splits them into separately fitted scenes (e.g. one
   per frame for a dynamic scene).
-- :func:`refine_3d` (``leap.refine_3d``): the one-step student's 3D-aware refine.
+- :func:`refine_3d`: the one-step student's 3D-aware refine (calls ``leap.leap_sample``; leap never imports this
+  module: the 3D-aware hook reaches the samplers as a callable, ``x0_hook``).
 
 Cross-view consistency measure :func:`inconsistency`: see its docstring.
 """
@@ -380,12 +381,12 @@ def model_codec(model, vae_tiling: bool = False):
     from . import leap
 
     def decode(x0: torch.Tensor) -> torch.Tensor:
-        return leap._decode(model, x0, vae_tiling).permute(0, 2, 3, 1).to(model.device)
+        return leap.decode_latents(model, x0, vae_tiling).permute(0, 2, 3, 1).to(model.device)
 
     def encode(frames: torch.Tensor) -> torch.Tensor:
         x = (frames.float().clamp(0, 1) * 2 - 1).permute(3, 0, 1, 2).unsqueeze(0)
         with model.placer.use("vae", model.vae) as vae, torch.no_grad():
-            leap._set_tiling(vae, vae_tiling)
+            leap.set_vae_tiling(vae, vae_tiling)
             z = vae.encode(x.to(model.device, model.dtype)).latent_dist.mean * model.scaling_factor
         return z.float().permute(0, 2, 1, 3, 4).contiguous()
 
@@ -467,7 +468,7 @@ def refine_3d(model, result, cameras: Cameras, t_small: int = 200, seed: int = 0
               *, first: torch.Tensor | None = None, last: torch.Tensor | None = None,
               init_scene: GaussianScene | None = None, aspect: str = "stretch", view_filter: str = "nearest",
               vae_tiling: bool = False, progress=None, interrupt=None):
-    """VideoScene / VideoMV-style 3D-aware refine of a one-step student result (``leap.refine_3d`` calls this).
+    """VideoScene / VideoMV-style 3D-aware refine of a one-step student result.
 
     1. Gaussians are fitted to ``result.frames`` [F, H, W, 3] at ``cameras`` (F cameras; rescaled to the frames'
        size if needed), ``cfg.first_iters`` iterations from a random init or ``cfg.iters`` from ``init_scene``;

@@ -309,6 +309,8 @@ def _cuda() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .schedule import REFERENCE_TIMESTEP
+
     p = argparse.ArgumentParser(prog="python -m vscene_engine", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -375,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--image-b", required=True, help="second view (last frame condition)")
     lp.add_argument("--video", required=True, help="coarse video rendered along the path (e.g. prior's coarse.mp4; "
                                                    "49 frames for CogVideoX-5B) or a folder of frames")
-    lp.add_argument("--t", type=int, default=549, help="leap timestep (VideoScene: 549; its demo: 459)")
+    lp.add_argument("--t", type=int, default=REFERENCE_TIMESTEP,
+                    help=f"leap timestep (VideoScene: {REFERENCE_TIMESTEP}; its demo: 459)")
     lp.add_argument("--seed", type=int, default=0)
     lp.add_argument("--steps", type=int, default=1, help="student steps (1 = VideoScene)")
     lp.add_argument("--teacher-steps", type=int, default=0, help="also run the DDIM teacher with N steps")

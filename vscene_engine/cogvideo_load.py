@@ -42,6 +42,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .schedule import NoiseSchedule
 from .videomodel import DevicePlacer, Placer, VideoModel
 
 __all__ = [
@@ -784,8 +785,9 @@ def resolve_dtype(device, dtype=None, n_params: int | None = None, allow_fp16: b
 # ================================================================================================ entry point
 
 
-def _check_configs(info: dict, tcfg: dict, vcfg: dict, scfg: dict) -> str:
-    """Class names, I2V channel count, prediction type; returns the prediction type."""
+def _check_configs(info: dict, tcfg: dict, vcfg: dict, scfg: dict) -> NoiseSchedule:
+    """Class names, I2V channel count, scheduler config; returns the model's :class:`NoiseSchedule` (built once here;
+    missing scheduler keys take diffusers' defaults, as diffusers would)."""
     tname, vname = tcfg.get("_class_name", "CogVideoXTransformer3DModel"), vcfg.get("_class_name",
                                                                                      "AutoencoderKLCogVideoX")
     if tname != "CogVideoXTransformer3DModel" or vname != "AutoencoderKLCogVideoX":
@@ -796,11 +798,10 @@ def _check_configs(info: dict, tcfg: dict, vcfg: dict, scfg: dict) -> str:
     if in_ch != 2 * latent:
         raise ValueError(f"{info['path']} is not an image-to-video CogVideoX model (in_channels={in_ch}, needs "
                          f"{2 * latent}): use an I2V base such as CogVideoX-5b-I2V / CogvideoX-Interpolation")
-    pred = scfg.get("prediction_type", "epsilon")
-    if pred not in ("v_prediction", "epsilon"):
-        raise ValueError(f"{info['scheduler']['config']}: prediction_type {pred!r} is not supported "
-                         f"(v_prediction or epsilon)")
-    return pred
+    try:
+        return NoiseSchedule.from_config(scfg)
+    except ValueError as e:
+        raise ValueError(f"{info['scheduler']['config']}: {e}") from None
 
 
 def _prompt_len(tcfg: dict) -> int | None:
@@ -862,7 +863,7 @@ def load_video_model(base_dir, weights=None, prompt_embeds=None, prompt: str | N
     tcfg = _read_json(info["transformer"]["config"])
     vcfg = _read_json(info["vae"]["config"])
     scfg = _read_json(info["scheduler"]["config"])
-    pred = _check_configs(info, tcfg, vcfg, scfg)
+    schedule = _check_configs(info, tcfg, vcfg, scfg)
     meta_t = build_on_meta(CogVideoXTransformer3DModel, tcfg)
     n_params = _n_params(meta_t)
     dt = resolve_dtype(device, dtype, n_params=n_params, allow_fp16=allow_fp16)
@@ -879,7 +880,7 @@ def load_video_model(base_dir, weights=None, prompt_embeds=None, prompt: str | N
     if weights is not None:
         wrep = apply_weights(transformer, weights).to_dict()
     report = {
-        "base": str(info["path"]), "dtype": str(dt).replace("torch.", ""), "prediction_type": pred,
+        "base": str(info["path"]), "dtype": str(dt).replace("torch.", ""), "prediction_type": schedule.prediction_type,
         "transformer": {"files": [str(p) for p in info["transformer"]["files"]], "n_params": n_params,
                         "variant": info["transformer"]["variant"]},
         "vae": {"files": [str(p) for p in info["vae"]["files"]], "n_params": _n_params(vae),
@@ -888,7 +889,7 @@ def load_video_model(base_dir, weights=None, prompt_embeds=None, prompt: str | N
     }
     return VideoModel(transformer=transformer, vae=vae, scheduler_config=scfg, prompt_embeds=pos,
                       negative_prompt_embeds=neg, dtype=dt, device=torch.device(device), placer=placer,
-                      name=name or info["path"].name, report=report)
+                      name=name or info["path"].name, report=report, schedule=schedule)
 
 
 # ================================================================================================ real layout proof

@@ -20,8 +20,8 @@ Layouts:
 Any input size works: it is adaptively average-pooled to ``input_size`` (T, h, w) first.
 
 Distributed training: :func:`train_ddpnet` / :func:`train_from_folder` run under ``torchrun`` with PyTorch DDP
-(the conventions of :mod:`vscene_engine.distill`: ``distill.init_distributed`` joins torchrun's group, nccl on CUDA,
-gloo on CPU). Each rank draws its own slots of the global batch (world_size x batch x grad_accum; every draw is a
+(helpers in :mod:`vscene_engine.distributed`, shared with distill: ``init_distributed`` joins torchrun's group, nccl
+on CUDA, gloo on CPU). Each rank draws its own slots of the global batch (world_size x batch x grad_accum; every draw is a
 pure function of seed, step and position), calls the reward (the student) for its own samples only; the rewards
 are gathered so the baseline / advantage statistics are identical on every rank, DDP averages the gradients, the
 history is rank-averaged, only rank 0 writes checkpoints and the final file. From the command line:
@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .atomic import atomic_write
+from .distributed import all_mean, broadcast_flag, ddp_no_buffer_sync, dist_state, sample_index, seed_mix
 
 __all__ = ["DDPNetConfig", "DDPNet", "choose_timestep", "latent_input", "frames_input", "save_ddpnet", "load_ddpnet",
            "train_ddpnet", "make_leap_reward", "policy_plot", "save_training_sample", "load_training_samples",
@@ -237,18 +238,17 @@ def frames_input(frames: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def choose_timestep(net: DDPNet, x: torch.Tensor, mode: str = "greedy",
-                    generator: torch.Generator | None = None) -> tuple:
-    """Pick the leap timestep for a video.
+                    generator: torch.Generator | None = None) -> tuple[list[int], torch.Tensor, list[int]]:
+    """Pick the leap timestep for each video of a batch.
 
-    x: one video [C, T, H, W] -> (t: int, probs [n_bins], bins), or a batch [B, C, T, H, W] -> (t: list[int] of B,
-    probs [B, n_bins], bins). mode "greedy" takes the most probable bin; "sample" draws from the policy (with
-    ``generator``, a CPU torch.Generator, for reproducibility). probs are float32 on the CPU; bins is the list of
-    timesteps (``net.config.bins()``).
+    x: a batch [B, C, T, H, W] (one video [C, T, H, W] is a batch of 1) -> (timesteps: list[int] of B, probs
+    [B, n_bins], bins): always one list entry and one probs row per video, whatever the input's rank. mode "greedy"
+    takes the most probable bin; "sample" draws from the policy (with ``generator``, a CPU torch.Generator, for
+    reproducibility). probs are float32 on the CPU; bins is the list of timesteps (``net.config.bins()``).
     """
     if mode not in ("greedy", "sample"):
         raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
-    single = isinstance(x, torch.Tensor) and x.ndim == 4
-    xb = x.unsqueeze(0) if single else x
+    xb = x.unsqueeze(0) if isinstance(x, torch.Tensor) and x.ndim == 4 else x
     was_training = net.training
     net.eval()
     try:
@@ -260,10 +260,7 @@ def choose_timestep(net: DDPNet, x: torch.Tensor, mode: str = "greedy",
     else:
         idx = torch.multinomial(probs, 1, generator=generator)[:, 0]
     bins = net.config.bins()
-    ts = [bins[int(i)] for i in idx]
-    if single:
-        return ts[0], probs[0], bins
-    return ts, probs, bins
+    return [int(bins[int(i)]) for i in idx], probs, bins
 
 
 # =========================================================================================== files
@@ -501,15 +498,13 @@ def _load_checkpoint(path, net: DDPNet, opt: torch.optim.Optimizer, st: _State, 
 
 def _step_draws(seed: int, step0: int, n: int, G: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The random draws of (0-based) step ``step0`` for the whole global batch of ``G`` positions (cheap; every rank
-    makes all of them and uses its own rows): sample indices [G] (``distill.sample_index``: a fresh seeded
+    makes all of them and uses its own rows): sample indices [G] (``distributed.sample_index``: a fresh seeded
     permutation of the N samples per epoch, position p = step0 x G + slot) and uniforms [G, 2] float64 (column 0:
     inverse-CDF draw of the action / the epsilon test, column 1: the random bin of epsilon-greedy). A pure function
     of (seed, step, position): no RNG state to checkpoint, and any split of G into ranks x micro-batches sees the
     same samples and draws."""
-    from .distill import _mix, sample_index
-
     idx = torch.tensor([sample_index(seed, n, step0 * G + p) for p in range(G)], dtype=torch.long)
-    g = torch.Generator("cpu").manual_seed(_mix("ddpnet-action", int(seed), int(step0)))
+    g = torch.Generator("cpu").manual_seed(seed_mix("ddpnet-action", int(seed), int(step0)))
     return idx, torch.rand(G, 2, generator=g, dtype=torch.float64)
 
 
@@ -601,15 +596,13 @@ def _gather_rows(x: torch.Tensor, world: int, dev: torch.device) -> list[torch.T
 def _rank0_write(write: Callable[[], object], rank: int, world: int, dev: torch.device, what: str):
     """Rank 0 runs ``write()`` (an atomic file write); every rank learns whether it worked (raises if not). The
     flag broadcast is the barrier after the write. Returns write()'s value on rank 0, None elsewhere."""
-    from .distill import _broadcast_flag
-
     err, out = None, None
     if rank == 0:
         try:
             out = write()
         except BaseException as exc:  # noqa: BLE001 - re-raised below after telling the other ranks
             err = exc
-    ok = _broadcast_flag(err is None, world, dev)
+    ok = broadcast_flag(err is None, world, dev)
     if err is not None:
         raise err
     if not ok:
@@ -646,7 +639,7 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
     weights come from the net's own seed.
 
     distributed: None = auto (a process group already initialised, or torchrun's env: WORLD_SIZE > 1, joined with
-    ``distill.init_distributed``: nccl on CUDA, gloo on CPU), False = off, True = required. With W > 1 processes:
+    ``distributed.init_distributed``: nccl on CUDA, gloo on CPU), False = off, True = required. With W > 1 processes:
     the net is wrapped in DistributedDataParallel (rank 0's weights are broadcast at the start; with nccl the net
     must be on cuda:LOCAL_RANK); rank r / micro-batch m takes global slot m W + r (positions slot x batch ..) and
     calls ``reward_fn`` for its own samples only; the rewards are gathered so the baseline and advantage statistics
@@ -673,10 +666,8 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
     greedy_histogram (greedy choices over all samples at the end), steps, resumed_from (step or None), settings,
     rank, world_size, local (this rank's own reward / loss / entropy for the steps this call ran)).
     """
-    from .distill import _all_mean, _dist_state, _no_buffer_sync
-
     progress, interrupt = progress or (lambda *a: None), interrupt or (lambda: None)
-    rank, world = _dist_state(distributed)
+    rank, world = dist_state(distributed)
     s = _settings(lr, batch, explore, epsilon, entropy, baseline_momentum, seed, baseline, normalize_advantage,
                   grad_accum, world)
     _check_settings(s, steps)
@@ -700,7 +691,7 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
                              f"rank must read the same checkpoint file (a shared filesystem)")
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        wrapped = DDP(_Policy(net), device_ids=[dev.index] if dev.type == "cuda" else None, **_no_buffer_sync(DDP))
+        wrapped = DDP(_Policy(net), device_ids=[dev.index] if dev.type == "cuda" else None, **ddp_no_buffer_sync(DDP))
     bins = net.config.bins()
     every = max(1, int(checkpoint_every))
     A, B, W = s["grad_accum"], s["batch"], world
@@ -774,7 +765,7 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
             ents.append(ent.detach().mean())
         loss = losses[0] if A == 1 else torch.stack(losses).sum() / A
         ent_local = ents[0] if A == 1 else torch.stack(ents).sum() / A
-        stats = _all_mean(torch.stack([loss.detach(), ent_local]), W)  # rank averages
+        stats = all_mean(torch.stack([loss.detach(), ent_local]), W)  # rank averages
         if not torch.isfinite(stats[0]):
             raise ValueError(f"non-finite DDPNet loss at step {step}: check the inputs (NaN/inf latents) and lower "
                              f"the learning rate (lr={s['lr']}); nothing was written for this step")
@@ -820,7 +811,7 @@ def make_leap_reward(model, render_latents: list, gt_latents: list, image_latent
     ``model.placer``. With ``cache`` a (sample, timestep) pair is computed once (the reward is deterministic), so
     training costs at most N x n_bins transformer calls. ``reward_fn.calls`` counts the transformer calls.
     """
-    from .leap import add_noise, alphas_cumprod, rotary_embedding, x0_from_output, _transformer
+    from .leap import rotary_embedding, transformer_output
 
     n = len(render_latents)
     if not (n == len(gt_latents) == len(image_latents)) or n == 0:
@@ -832,10 +823,7 @@ def make_leap_reward(model, render_latents: list, gt_latents: list, image_latent
         if len(set(shapes)) != 1 or len(shapes[0]) != 5 or shapes[0][0] != 1 or shapes[0][2] != C:
             raise ValueError(f"sample {i}: render, gt and image latents must all be [1, T, {C}, h, w] (the leap "
                              f"sampler's layout, x scaling factor); got {shapes}")
-    cfg = model.scheduler_config
-    acp = alphas_cumprod(cfg)
-    pred = cfg.get("prediction_type", "v_prediction")
-    n_train = int(cfg.get("num_train_timesteps", 1000))
+    sched = model.schedule
     memo: dict = {}
     ropes: dict = {}
 
@@ -846,13 +834,13 @@ def make_leap_reward(model, render_latents: list, gt_latents: list, image_latent
     def one(tr, i: int, t: int) -> float:
         dev, dt = model.device, model.dtype
         render = render_latents[i].to(dev, torch.float32)
-        x_t = add_noise(render, noise(i, render).to(dev), t, acp).to(dt)
+        x_t = sched.add_noise(render, noise(i, render).to(dev), t).to(dt)
         T, _, h, w = render.shape[1:]
         if (T, h, w) not in ropes:
             ropes[(T, h, w)] = rotary_embedding(model, T, h, w, dev)
-        out = _transformer(tr, x_t, image_latents[i].to(dev, dt), t, model.prompt_embeds.to(dev, dt),
+        out = transformer_output(tr, x_t, image_latents[i].to(dev, dt), t, model.prompt_embeds.to(dev, dt),
                            ropes[(T, h, w)])
-        x0 = x0_from_output(out.float(), x_t.float(), t, acp, pred)
+        x0 = sched.x0_from_output(out.float(), x_t.float(), t)
         reward_fn.calls += 1
         return -float(F.mse_loss(x0, gt_latents[i].to(dev, torch.float32)))
 
@@ -861,8 +849,8 @@ def make_leap_reward(model, render_latents: list, gt_latents: list, image_latent
         for i, t in pairs:
             if not 0 <= i < n:
                 raise ValueError(f"sample index {i} out of range (0..{n - 1})")
-            if not 0 <= t < n_train:
-                raise ValueError(f"timestep {t} out of range (0..{n_train - 1})")
+            if not 0 <= t < sched.num_train_timesteps:
+                raise ValueError(f"timestep {t} out of range (0..{sched.num_train_timesteps - 1})")
         todo = [p for p in dict.fromkeys(pairs) if not (cache and p in memo)]
         if todo:
             with model.placer.use("transformer", model.transformer) as tr, torch.no_grad():
@@ -1020,8 +1008,6 @@ def train_from_folder(folder, out, model=None, steps: int = 300, lr: float = 1e-
     """
     import torch.distributed as dist
 
-    from .distill import _dist_state
-
     if model is None:
         raise ValueError("train_from_folder needs the loaded video model (the frozen student) to compute rewards: "
                          "load it with cogvideo_load.load_video_model(base_dir, weights=...)")
@@ -1029,11 +1015,11 @@ def train_from_folder(folder, out, model=None, steps: int = 300, lr: float = 1e-
     _check_model_geometry(model, render, names)
     cfg = DDPNetConfig(in_channels=int(render[0].shape[2]), n_bins=int(n_bins), t_min=int(t_min), t_max=int(t_max),
                        width=int(width), input_size=tuple(input_size), kind="latent")
-    nmax = int(model.scheduler_config.get("num_train_timesteps", 1000))
+    nmax = model.schedule.num_train_timesteps
     if cfg.t_max >= nmax:
         raise ValueError(f"t_max {cfg.t_max} must be below the model's {nmax} training timesteps")
     had_group = dist.is_available() and dist.is_initialized()
-    rank, world = _dist_state(distributed)
+    rank, world = dist_state(distributed)
     owned = world > 1 and not had_group  # destroy only a group this call created
     try:
         dev = _comm_device(world)

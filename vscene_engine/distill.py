@@ -11,10 +11,10 @@ Algorithm 1, kept in the format). :func:`encode_sample` / :func:`save_sample` bu
 One optimiser step (per sample of the global batch; tensors [B, T, C, h, w]):
 
 1. t_{n+1} ~ U{k, ..., T'} (``k`` = skip interval, default 20; ``t_max`` = T', default 900), eps ~ N(0, I);
-   x_{t_{n+1}} = sqrt(a_{t_{n+1}}) x0^r + sqrt(1 - a_{t_{n+1}}) eps (``leap.add_noise``).
+   x_{t_{n+1}} = sqrt(a_{t_{n+1}}) x0^r + sqrt(1 - a_{t_{n+1}}) eps (``NoiseSchedule.add_noise``).
 2. Teacher (the frozen base transformer) one DDIM step (eta 0) from t_{n+1} to t_n = t_{n+1} - k with its x0
-   prediction (``leap.x0_from_output``); optional classifier-free guidance ``cfg_scale`` w > 1 on the model output
-   with the negative embedding (default w = 1: no CFG, as VideoScene's student has none).
+   prediction (``NoiseSchedule.x0_from_output``); optional classifier-free guidance ``cfg_scale`` w > 1 on the model
+   output with the negative embedding (default w = 1: no CFG, as VideoScene's student has none).
 3. Consistency function with the boundary condition f(x, 0) = x (LCM's parameterisation, :func:`boundary_coefs`):
    f(x, t) = c_skip(t) x + c_out(t) x0_hat(x, t), c_skip = s_d^2 / ((t s)^2 + s_d^2), c_out = t s / sqrt((t s)^2 +
    s_d^2), s_d = ``sigma_data`` = 0.5, s = ``timestep_scaling`` = 10.
@@ -63,18 +63,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
 
-from .atomic import atomic_write
 from . import leap
-from .leap import alphas_cumprod, rotary_embedding
+from .atomic import atomic_write
+from .distributed import (DistInfo, all_mean, broadcast_flag, ddp_no_buffer_sync, dist_state, init_distributed,
+                          sample_index, seed_mix)
+from .leap import rotary_embedding
+from .schedule import add_noise, x0_from_output
 from .videomodel import VideoModel
 
-__all__ = ["DistillConfig", "DistillResult", "LatentDataset", "DistInfo", "boundary_coefs", "consistency_fn",
-           "pseudo_huber", "ddim_step", "sample_index", "draw_step_noise", "select_trainable", "init_distributed",
+__all__ = ["DistillConfig", "DistillResult", "LatentDataset", "boundary_coefs", "consistency_fn",
+           "pseudo_huber", "ddim_step", "draw_step_noise", "select_trainable", "init_distributed",
            "distill", "save_checkpoint", "read_checkpoint", "export_student", "encode_sample", "save_sample", "main",
            "CKPT_FORMAT"]
 
@@ -233,31 +236,9 @@ def ddim_step(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_prev: torc
 
 
 # =========================================================================================== randomness
-def _mix(*parts) -> int:
-    """A 63-bit seed from ints/strings (stable across platforms and Python runs)."""
-    h = hashlib.blake2b(repr(tuple(parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-_PERM_CACHE: dict = {}
-
-
-def sample_index(seed: int, n: int, position: int) -> int:
-    """Dataset index of global sample ``position``: epoch e = position // n walks a permutation seeded by (seed, e)."""
-    epoch, i = divmod(int(position), int(n))
-    key = (int(seed), int(n), epoch)
-    perm = _PERM_CACHE.get(key)
-    if perm is None:
-        if len(_PERM_CACHE) > 64:
-            _PERM_CACHE.clear()
-        g = torch.Generator().manual_seed(_mix("order", int(seed), epoch))
-        perm = _PERM_CACHE[key] = torch.randperm(int(n), generator=g).tolist()
-    return perm[i]
-
-
 def draw_step_noise(seed: int, position: int, shape, k: int, t_max: int) -> tuple[int, torch.Tensor]:
     """(t_{n+1} ~ U{k..t_max}, eps ~ N(0, I) of ``shape`` float32 cpu) for global sample ``position``."""
-    g = torch.Generator().manual_seed(_mix("noise", int(seed), int(position)))
+    g = torch.Generator().manual_seed(seed_mix("noise", int(seed), int(position)))
     t = int(torch.randint(int(k), int(t_max) + 1, (1,), generator=g).item())
     return t, torch.randn(tuple(shape), generator=g, dtype=torch.float32)
 
@@ -506,87 +487,6 @@ def _make_optimizer(params: list, cfg: DistillConfig) -> torch.optim.Optimizer:
                weight_decay=cfg.weight_decay)
 
 
-# =========================================================================================== distributed
-class DistInfo(NamedTuple):
-    """rank, world_size, local_rank, device (cuda:LOCAL_RANK with nccl, cpu with gloo, None when not distributed)."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device | None
-
-
-def init_distributed(backend: str | None = None) -> DistInfo:
-    """Join the process group started by ``torchrun`` (env:// from RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or
-    describe the one already initialised. backend: nccl when CUDA is available, else gloo. Without torchrun
-    (WORLD_SIZE unset or 1) nothing is initialised and (0, 1, 0, None) is returned."""
-    import torch.distributed as dist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_available() and dist.is_initialized():
-        be = dist.get_backend()
-        dev = torch.device("cuda", local) if be == "nccl" else torch.device("cpu")
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(0, 1, 0, None)
-    if not dist.is_available():
-        raise ValueError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl":
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend)
-    dev = torch.device("cuda", local) if backend == "nccl" else torch.device("cpu")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev)
-
-
-def _dist_state(distributed: bool | None) -> tuple[int, int]:
-    """(rank, world_size) of the active process group; initialises one from torchrun's env when asked/auto."""
-    import torch.distributed as dist
-
-    if distributed is False or not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            init_distributed()
-        elif distributed:
-            raise ValueError("distributed=True but no process group is initialised; run under torchrun or call "
-                             "init_distributed() / torch.distributed.init_process_group() first")
-        else:
-            return 0, 1
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _no_buffer_sync(ddp_cls) -> dict:
-    """DDP kwargs that skip the per-forward buffer broadcast (the buffers never change; newer torch renamed it)."""
-    import inspect
-
-    params = inspect.signature(ddp_cls.__init__).parameters
-    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
-
-
-def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
-    """Mean of a tensor over ranks (identity when world == 1)."""
-    if world == 1:
-        return x
-    import torch.distributed as dist
-
-    y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y / world
-
-
-def _broadcast_flag(ok: bool, world: int, device: torch.device) -> bool:
-    """Rank 0's ``ok`` on every rank (acts as the barrier after a rank-0 write)."""
-    if world == 1:
-        return ok
-    import torch.distributed as dist
-
-    f = torch.tensor([1 if ok else 0], dtype=torch.int32, device=device)
-    dist.broadcast(f, src=0)
-    return bool(f.item())
-
-
 # =========================================================================================== checkpoints
 def save_checkpoint(path, step: int, names: list[str], student: torch.nn.Module, ema: dict,
                     optimizer: torch.optim.Optimizer, config: dict, losses: list) -> Path:
@@ -750,7 +650,7 @@ def _forward_x0(module, x_t: torch.Tensor, image_lat: torch.Tensor, t: torch.Ten
     if cfg_on:
         u, c = out.chunk(2)
         out = u + float(cfg_scale) * (c - u)
-    return leap.x0_from_output(out, x_t.to(out.dtype), t, acp, prediction)
+    return x0_from_output(out, x_t.to(out.dtype), t, acp, prediction)
 
 
 @dataclass
@@ -827,7 +727,7 @@ def _train_step(ctx: _Ctx, step: int) -> float:
     local, global_ = [], []
     for m in range(cfg.grad_accum):
         x0, img, eps, t_next = _micro_batch(ctx, step, m)
-        x_next = leap.add_noise(x0, eps, t_next, ctx.acp)
+        x_next = add_noise(x0, eps, t_next, ctx.acp)
         target = _targets(ctx, x_next, img, t_next)
         sync = ctx.world == 1 or m == cfg.grad_accum - 1
         with (contextlib.nullcontext() if sync else ctx.student.no_sync()):
@@ -835,7 +735,7 @@ def _train_step(ctx: _Ctx, step: int) -> float:
                                cfg.autocast)
             pred = consistency_fn(x_next, x0_s, t_next, cfg.sigma_data, cfg.timestep_scaling)
             loss = pseudo_huber(pred, target, cfg.huber_c).mean()
-            g = _all_mean(loss.detach(), ctx.world)
+            g = all_mean(loss.detach(), ctx.world)
             if not torch.isfinite(g):
                 raise _nonfinite_error("loss", step + 1, float(g), cfg, next(ctx.teacher.parameters()).dtype)
             (loss / cfg.grad_accum).backward()
@@ -913,15 +813,15 @@ def distill(model: VideoModel, data, out=None, *, config: DistillConfig | None =
     """
     t_start = time.perf_counter()
     cfg = dataclasses.replace(config or DistillConfig(), **overrides)
-    scfg = model.scheduler_config
-    cfg.validate(int(scfg.get("num_train_timesteps", 1000)))
+    sched = model.schedule
+    cfg.validate(sched.num_train_timesteps)
     if cfg.cfg_scale > 1.0 and model.negative_prompt_embeds is None:
         raise ValueError("cfg_scale > 1 needs a negative prompt embedding in the model (negative_prompt_embeds / "
                          "--negative-prompt-embeds); VideoScene's student uses cfg_scale = 1")
     data = data if isinstance(data, LatentDataset) else LatentDataset(data)
     _check_geometry(model, data)
     out = _prepare_out(out, resume, overwrite)
-    rank, world = _dist_state(distributed)
+    rank, world = dist_state(distributed)
     device = torch.device(model.device)
     if world > 1:
         import torch.distributed as dist
@@ -940,8 +840,7 @@ def distill(model: VideoModel, data, out=None, *, config: DistillConfig | None =
     ema = {n: params[n].detach().clone() for n in names}
     optimizer = _make_optimizer([params[n] for n in names], cfg)
     fingerprint = dict(cfg.fingerprint(world), **data.fingerprint(), model_layout=_layout_digest(raw),
-                       prediction_type=scfg.get("prediction_type", "v_prediction"),
-                       schedule=hashlib.sha256(alphas_cumprod(scfg).numpy().tobytes()).hexdigest()[:16])
+                       prediction_type=sched.prediction_type, schedule=sched.fingerprint())
     start, history = 0, []
     if resume is not None:
         ck = read_checkpoint(resume)
@@ -955,11 +854,11 @@ def distill(model: VideoModel, data, out=None, *, config: DistillConfig | None =
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         wrapped = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None,
-                      find_unused_parameters=cfg.find_unused_parameters, **_no_buffer_sync(DDP))
+                      find_unused_parameters=cfg.find_unused_parameters, **ddp_no_buffer_sync(DDP))
     T, C, h, w = data.shape
     with model.placer.use("transformer", model.transformer) as teacher:
         ctx = _Ctx(cfg=cfg, teacher=teacher, student=wrapped, raw=raw, names=names, ema=ema, optimizer=optimizer,
-                   data=data, acp=alphas_cumprod(scfg), prediction=scfg.get("prediction_type", "v_prediction"),
+                   data=data, acp=sched.alphas_cumprod, prediction=sched.prediction_type,
                    embeds=model.prompt_embeds.to(device), rope=rotary_embedding(model, T, h, w, device),
                    negative=(model.negative_prompt_embeds.to(device) if cfg.cfg_scale > 1.0 else None),
                    device=device, rank=rank, world=world, losses=history)
@@ -975,7 +874,7 @@ def _run_loop(ctx: _Ctx, start: int, out: Path | None, fingerprint: dict, progre
     for s in range(start, cfg.steps):
         if interrupt is not None:
             interrupt()
-        with _seeded_global_rng(_mix("step", cfg.seed, s), ctx.device):
+        with _seeded_global_rng(seed_mix("step", cfg.seed, s), ctx.device):
             loss = _train_step(ctx, s)
         ctx.losses.append(loss)
         step = s + 1
@@ -997,7 +896,7 @@ def _save_collective(ctx: _Ctx, out: Path, step: int, fingerprint: dict) -> bool
             save_checkpoint(out, step, ctx.names, ctx.raw, ctx.ema, ctx.optimizer, fingerprint, ctx.losses)
         except BaseException as exc:  # re-raised below after telling the other ranks
             err = exc
-    ok = _broadcast_flag(err is None, ctx.world, ctx.device)
+    ok = broadcast_flag(err is None, ctx.world, ctx.device)
     if err is not None:
         raise err
     if not ok:

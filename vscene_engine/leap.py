@@ -15,7 +15,8 @@ What the reference does (hanyang-21/VideoScene ``videoscene/pipeline.py::video_g
 6. x0 / scale decoded by the VAE, mapped to [0, 1] and resized back to the input size.
 
 The reference calls ``video_gen(..., noise_timestep=550)``, which draws ``randint(549, 550)`` = 549: our ``timestep``
-is that actual diffusion timestep (549 by default). The schedule coefficients are cast to the sample dtype before the
+is that actual diffusion timestep (``schedule.REFERENCE_TIMESTEP`` = 549 by default). The noise math is the model's
+:class:`~vscene_engine.schedule.NoiseSchedule` (``model.schedule``): coefficients cast to the sample dtype before the
 square roots, as diffusers' ``add_noise`` / ``get_velocity`` do (this matters in bf16).
 
 Randomness: everything comes from ONE ``torch.Generator(seed)`` on the CPU, drawn in the reference's order (video
@@ -32,7 +33,6 @@ LATENT order [1, C, T, h, w] in VAE space (divided by the scaling factor: what `
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,10 +40,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .schedule import REFERENCE_TIMESTEP
+# schedule math re-exported for compose.py / replicate.py, which other helpers move to ``VideoModel.schedule``
+from .schedule import add_noise, alphas_cumprod, velocity, x0_from_output  # noqa: F401
+from .schedule import ddim_timesteps as teacher_timesteps  # noqa: F401
 from .videomodel import VideoModel
 
-__all__ = ["SampleResult", "alphas_cumprod", "leap_timesteps", "teacher_timesteps", "prepare_inputs",
-           "encode_conditioning", "leap_sample", "teacher_sample", "refine_3d", "ASPECT_MODES"]
+__all__ = ["SampleResult", "leap_timesteps", "prepare_inputs", "encode_conditioning", "video_latents",
+           "rotary_embedding", "transformer_output", "decode_latents", "set_vae_tiling", "aspect_plan", "leap_sample",
+           "teacher_sample", "ASPECT_MODES"]
 
 ASPECT_MODES = ("stretch", "crop", "pad")
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
@@ -60,76 +65,7 @@ class SampleResult:
     info: dict = field(default_factory=dict)
 
 
-# =========================================================================================== schedule
-def alphas_cumprod(cfg: dict) -> torch.Tensor:
-    """[num_train_timesteps] float32 cumulative alphas of a CogVideoX DDIM/DPM scheduler config.
-
-    betas (linear | scaled_linear | squaredcos_cap_v2 | trained_betas) -> cumprod(1 - betas) -> SNR shift
-    ``a / (s + (1 - s) a)`` with ``snr_shift_scale`` s -> optional zero-terminal-SNR rescale (Lin et al. 2023, Alg. 1).
-    Precision as in diffusers' ``CogVideoXDDIMScheduler``: scaled_linear betas in float64, the others float32.
-    """
-    n = int(cfg.get("num_train_timesteps", 1000))
-    sched = cfg.get("beta_schedule", "scaled_linear")
-    b0, b1 = float(cfg.get("beta_start", 0.00085)), float(cfg.get("beta_end", 0.012))
-    if cfg.get("trained_betas") is not None:
-        betas = torch.tensor(cfg["trained_betas"], dtype=torch.float32)
-    elif sched == "linear":
-        betas = torch.linspace(b0, b1, n, dtype=torch.float32)
-    elif sched == "scaled_linear":
-        betas = torch.linspace(b0 ** 0.5, b1 ** 0.5, n, dtype=torch.float64) ** 2
-    elif sched == "squaredcos_cap_v2":
-        def abar(t):
-            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-        betas = torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
-    else:
-        raise ValueError(f"unsupported beta_schedule {sched!r} in the scheduler config")
-    acp = torch.cumprod(1.0 - betas, dim=0)
-    s = float(cfg.get("snr_shift_scale", 1.0))
-    acp = acp / (s + (1 - s) * acp)
-    if cfg.get("rescale_betas_zero_snr", False):
-        r = acp.sqrt()
-        r0, rT = r[0].clone(), r[-1].clone()
-        r = (r - rT) * (r0 / (r0 - rT))
-        acp = r ** 2
-    return acp
-
-
-def _coefs(acp: torch.Tensor, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sqrt(a_t), sqrt(1 - a_t)) computed in ``like``'s dtype (diffusers semantics).
-
-    ``t``: an int (0-d results) or a tensor [B] of per-sample timesteps (results shaped [B, 1, ...] to broadcast
-    against ``like`` [B, ...])."""
-    a = acp.to(device=like.device, dtype=like.dtype)
-    if isinstance(t, torch.Tensor) and t.ndim > 0:
-        a = a[t.to(like.device).long()].reshape(-1, *([1] * (like.ndim - 1)))
-    else:
-        a = a[int(t)]
-    return a ** 0.5, (1 - a) ** 0.5
-
-
-def add_noise(x0: torch.Tensor, eps: torch.Tensor, t, acp: torch.Tensor) -> torch.Tensor:
-    """q(x_t | x0): sqrt(a_t) x0 + sqrt(1 - a_t) eps; ``t`` an int or per-sample timesteps [B] (x0 [B, ...])."""
-    sa, sb = _coefs(acp, t, x0)
-    return sa * x0 + sb * eps
-
-
-def velocity(x0: torch.Tensor, eps: torch.Tensor, t, acp: torch.Tensor) -> torch.Tensor:
-    """The v-prediction target sqrt(a_t) eps - sqrt(1 - a_t) x0 (``t`` an int or per-sample timesteps [B])."""
-    sa, sb = _coefs(acp, t, x0)
-    return sa * eps - sb * x0
-
-
-def x0_from_output(out: torch.Tensor, x_t: torch.Tensor, t, acp: torch.Tensor, prediction: str) -> torch.Tensor:
-    """x0 from a v- or epsilon-prediction ``out`` at timestep t (an int or per-sample timesteps [B])."""
-    if prediction == "v_prediction":
-        sa, sb = _coefs(acp, t, out)
-        return sa * x_t - sb * out
-    if prediction == "epsilon":
-        sa, sb = _coefs(acp, t, x_t)
-        return (x_t - sb * out) / sa
-    raise ValueError(f"unsupported prediction_type {prediction!r} (v_prediction or epsilon)")
-
-
+# =========================================================================================== student timesteps
 def leap_timesteps(t: int, steps: int) -> list[int]:
     """Student timesteps: ``[t]`` for one step; for ``steps`` > 1 evenly spaced ``round(t (steps - i) / steps)``."""
     t, steps = int(t), int(steps)
@@ -139,41 +75,6 @@ def leap_timesteps(t: int, steps: int) -> list[int]:
     if len(set(ts)) != len(ts) or ts[-1] < 1:
         raise ValueError(f"{steps} steps from timestep {t} repeat a timestep; use fewer steps or a larger timestep")
     return ts
-
-
-def teacher_timesteps(steps: int, cfg: dict, start: int | None = None) -> list[int]:
-    """DDIM timesteps ("trailing" spacing like CogVideoX: 999, 979, ... for 50 steps; "linspace"/"leading" too).
-    With ``start`` the steps below or at ``start`` are kept (SDEdit from a noised video), starting at ``start``."""
-    n = int(cfg.get("num_train_timesteps", 1000))
-    steps = int(steps)
-    if not 1 <= steps <= n:
-        raise ValueError(f"teacher steps must be in 1..{n}, got {steps}")
-    spacing = cfg.get("timestep_spacing", "trailing")
-    if spacing == "trailing":
-        ratio = n / steps
-        ts = [int(round(x)) - 1 for x in _arange_desc(n, ratio)]
-    elif spacing == "leading":
-        ratio = n // steps
-        ts = [i * ratio + int(cfg.get("steps_offset", 0)) for i in range(steps)][::-1]
-    elif spacing == "linspace":
-        ts = [int(round(i * (n - 1) / (steps - 1))) if steps > 1 else 0 for i in range(steps)][::-1]
-    else:
-        raise ValueError(f"unsupported timestep_spacing {spacing!r}")
-    if start is not None:
-        ts = [int(start)] + [t for t in ts if t < int(start)]
-    return ts
-
-
-def _arange_desc(n: int, ratio: float) -> list[float]:
-    # np.arange(n, 0, -ratio) in float64
-    out, k = [], 0
-    while True:
-        x = n - k * ratio
-        if x <= 0:
-            break
-        out.append(x)
-        k += 1
-    return out
 
 
 # =========================================================================================== geometry
@@ -186,7 +87,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
 
 
-def _aspect_plan(h: int, w: int, H: int, W: int, aspect: str) -> dict:
+def aspect_plan(h: int, w: int, H: int, W: int, aspect: str) -> dict:
     """How an h x w input maps to the model's H x W: crop box or padding, and the output geometry."""
     if aspect == "stretch":
         return {"crop": (0, 0, h, w), "pad": (0, 0, 0, 0), "out": (h, w)}
@@ -256,11 +157,11 @@ def prepare_inputs(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
     video = _check_image(video, "rendered video", 4)
     model.check_frames(video.shape[0])
     H, W = model.native_size
-    plan = _aspect_plan(video.shape[1], video.shape[2], H, W, aspect)
+    plan = aspect_plan(video.shape[1], video.shape[2], H, W, aspect)
     vid = _apply_plan(video.permute(0, 3, 1, 2), plan, (H, W), video_filter)  # [F,3,H,W]
     out = {"video": (vid.clamp(0, 1) * 2 - 1).permute(1, 0, 2, 3).unsqueeze(0), "plan": plan, "size": (H, W)}
     for key, img in (("first", first), ("last", last)):
-        p = _aspect_plan(img.shape[0], img.shape[1], H, W, aspect)
+        p = aspect_plan(img.shape[0], img.shape[1], H, W, aspect)
         x = _apply_plan(img.permute(2, 0, 1).unsqueeze(0), p, (H, W), view_filter)
         out[key] = (x * 2 - 1).unsqueeze(2)  # [1,3,1,H,W]
     return out
@@ -283,7 +184,7 @@ def encode_conditioning(model: VideoModel, inputs: dict, gen: torch.Generator, v
     dev, dt = model.device, model.dtype
     sf = model.scaling_factor
     with model.placer.use("vae", model.vae) as vae, torch.no_grad():
-        _set_tiling(vae, vae_tiling)
+        set_vae_tiling(vae, vae_tiling)
         vid_lat = None
         if encode_video:
             v = inputs["video"].to(dev, dt)
@@ -318,16 +219,16 @@ def video_latents(model: VideoModel, video: torch.Tensor, aspect: str = "stretch
     video = _check_image(video, "video", 4)
     model.check_frames(video.shape[0])
     H, W = model.native_size
-    plan = _aspect_plan(video.shape[1], video.shape[2], H, W, aspect)
+    plan = aspect_plan(video.shape[1], video.shape[2], H, W, aspect)
     x = _apply_plan(video.permute(0, 3, 1, 2), plan, (H, W), "bicubic").clamp(0, 1) * 2 - 1
     x = x.permute(1, 0, 2, 3).unsqueeze(0).to(model.device, model.dtype)
     with model.placer.use("vae", model.vae) as vae, torch.no_grad():
-        _set_tiling(vae, vae_tiling)
+        set_vae_tiling(vae, vae_tiling)
         z = vae.encode(x).latent_dist.mean * model.scaling_factor
     return z.float().cpu()
 
 
-def _set_tiling(vae, on: bool) -> None:
+def set_vae_tiling(vae, on: bool) -> None:
     """VAE tiling (spatial tiles: the memory saver at 480x720) and slicing (batch items one by one) on or off."""
     for name in (("enable_tiling", "enable_slicing") if on else ("disable_tiling", "disable_slicing")):
         if hasattr(vae, name):
@@ -359,7 +260,7 @@ def rotary_embedding(model: VideoModel, T: int, h: int, w: int, device) -> tuple
     return cos.to(device), sin.to(device)
 
 
-def _transformer(tr, x_t, image_lat, t: int, embeds, rope) -> torch.Tensor:
+def transformer_output(tr, x_t, image_lat, t: int, embeds, rope) -> torch.Tensor:
     """One transformer call: x_t, image_lat [B, T, C, h, w] -> model output [B, T, C, h, w]."""
     inp = torch.cat([x_t, image_lat], dim=2)
     ts = torch.full((inp.shape[0],), int(t), dtype=torch.long, device=inp.device)
@@ -367,11 +268,11 @@ def _transformer(tr, x_t, image_lat, t: int, embeds, rope) -> torch.Tensor:
               return_dict=False)[0]
 
 
-def _decode(model: VideoModel, x0: torch.Tensor, vae_tiling: bool) -> torch.Tensor:
+def decode_latents(model: VideoModel, x0: torch.Tensor, vae_tiling: bool) -> torch.Tensor:
     """x0 [1, T, C, h, w] (scaled) -> frames [F, 3, H, W] float32 cpu in [0, 1]."""
     z = (1 / model.scaling_factor) * x0.permute(0, 2, 1, 3, 4)
     with model.placer.use("vae", model.vae) as vae, torch.no_grad():
-        _set_tiling(vae, vae_tiling)
+        set_vae_tiling(vae, vae_tiling)
         px = vae.decode(z.to(model.device, model.dtype)).sample
     return (px[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 0, 2, 3)
 
@@ -433,7 +334,7 @@ def _sync(device) -> None:
 
 # =========================================================================================== samplers
 def leap_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, video: torch.Tensor,
-                timestep: int = 549, seed: int = 0, steps: int = 1, aspect: str = "stretch",
+                timestep: int = REFERENCE_TIMESTEP, seed: int = 0, steps: int = 1, aspect: str = "stretch",
                 view_filter: str = "nearest", vae_tiling: bool = False,
                 progress: ProgressFn | None = None, interrupt: Callable[[], None] | None = None) -> SampleResult:
     """VideoScene student: noise the coarse video's latents to ``timestep`` and leap to x0.
@@ -444,10 +345,8 @@ def leap_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, vide
     the input size). progress(stage, done, total) and interrupt() (raises to abort) are called between stages.
     """
     progress, interrupt = progress or _noop, interrupt or _noop
-    nmax = int(model.scheduler_config.get("num_train_timesteps", 1000))
-    if not 1 <= int(timestep) < nmax:
-        raise ValueError(f"timestep must be in 1..{nmax - 1}, got {timestep}")
-    ts = leap_timesteps(timestep, steps)
+    sched = model.schedule
+    ts = leap_timesteps(sched.check_timestep(timestep), steps)
     total = 2 + len(ts)
     times = {}
     t0 = time.perf_counter()
@@ -459,11 +358,9 @@ def leap_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, vide
     times["encode_s"] = time.perf_counter() - t0
     progress("encode", 1, total)
     interrupt()
-    acp = alphas_cumprod(model.scheduler_config)
-    pred = model.scheduler_config.get("prediction_type", "v_prediction")
     lat = cond["video_latents"]
     noise = _randn(lat.shape, gen, lat)
-    x = add_noise(lat, noise, ts[0], acp)
+    x = sched.add_noise(lat, noise, ts[0])
     t1 = time.perf_counter()
     with model.placer.use("transformer", model.transformer) as tr, torch.no_grad():
         embeds = model.prompt_embeds.to(model.device, model.dtype)
@@ -471,16 +368,16 @@ def leap_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, vide
         rope = rotary_embedding(model, T, h, w, model.device)
         img = cond["image_latents"].to(model.dtype)
         for i, t in enumerate(ts):
-            out = _transformer(tr, x.to(model.dtype), img, t, embeds, rope)
-            x0 = x0_from_output(out, x.to(out.dtype), t, acp, pred)
+            out = transformer_output(tr, x.to(model.dtype), img, t, embeds, rope)
+            x0 = sched.x0_from_output(out, x.to(out.dtype), t)
             progress("denoise", 2 + i, total)
             interrupt()
             if i + 1 < len(ts):
-                x = add_noise(x0, _randn(x0.shape, gen, x0), ts[i + 1], acp)
+                x = sched.add_noise(x0, _randn(x0.shape, gen, x0), ts[i + 1])
         _sync(model.device)
     times["transformer_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    frames = _decode(model, x0, vae_tiling)
+    frames = decode_latents(model, x0, vae_tiling)
     times["decode_s"] = time.perf_counter() - t2
     progress("decode", total, total)
     out = _restore(frames, inputs["plan"]).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
@@ -531,20 +428,15 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
     _sync(model.device)
     progress("encode", 1, steps + 2)
     interrupt()
-    cfgd = model.scheduler_config
-    acp = alphas_cumprod(cfgd)
-    pred = cfgd.get("prediction_type", "v_prediction")
-    n_train = int(cfgd.get("num_train_timesteps", 1000))
-    ts = teacher_timesteps(steps, cfgd, start=start_timestep if init == "video" else None)
+    sched = model.schedule
+    ts = sched.timesteps(steps, start=start_timestep if init == "video" else None)
     img = cond["image_latents"].to(model.dtype)
     T, C, h, w = img.shape[1], model.latent_channels, img.shape[3], img.shape[4]
     if init == "video":
         lat = cond["video_latents"]
-        x = add_noise(lat, _randn(lat.shape, gen, lat), ts[0], acp)
+        x = sched.add_noise(lat, _randn(lat.shape, gen, lat), ts[0])
     else:
         x = _randn((1, T, C, h, w), gen, img)
-    final_acp = torch.tensor(1.0) if cfgd.get("set_alpha_to_one", True) else acp[0]
-    stride = n_train // int(steps)
     t1 = time.perf_counter()
     with _Held(model, "transformer") as held, torch.no_grad():
         tr = held.module
@@ -556,32 +448,24 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
         for i, t in enumerate(ts):
             xin = x.to(model.dtype)
             if cfg_on:
-                out = _transformer(tr, torch.cat([xin, xin], 0), img2, t, emb, rope).float()
+                out = transformer_output(tr, torch.cat([xin, xin], 0), img2, t, emb, rope).float()
                 u, c = out.chunk(2)
                 out = u + float(guidance) * (c - u)
             else:
-                out = _transformer(tr, xin, img, t, emb, rope).float()
+                out = transformer_output(tr, xin, img, t, emb, rope).float()
             # DDIM step (eta = 0) as diffusers' CogVideoXDDIMScheduler.step: scalar coefficients in the schedule's
             # precision, tensors in the (float32) output's precision
             x_t = x.to(out.dtype)
-            a_t = acp[t]
-            prev = t - stride
-            a_p = acp[prev] if prev >= 0 else final_acp.to(acp.dtype)
-            if pred == "v_prediction":
-                x0 = a_t ** 0.5 * x_t - (1 - a_t) ** 0.5 * out
-            else:
-                x0 = (x_t - (1 - a_t) ** 0.5 * out) / a_t ** 0.5
+            x0 = sched.ddim_x0(out, x_t, t)
             if x0_hook is not None:
                 x0 = _call_x0_hook(x0_hook, held, i, len(ts), int(t), x0)
                 tr = held.module
-            at = ((1 - a_p) / (1 - a_t)) ** 0.5
-            bt = a_p ** 0.5 - a_t ** 0.5 * at
-            x = (at * x_t + bt * x0).to(model.dtype)
+            x = sched.ddim_update(x_t, x0, t, steps).to(model.dtype)
             progress("denoise", 2 + i, len(ts) + 2)
             interrupt()
         _sync(model.device)
     t2 = time.perf_counter()
-    frames_out = _decode(model, x, vae_tiling)
+    frames_out = decode_latents(model, x, vae_tiling)
     t3 = time.perf_counter()
     progress("decode", len(ts) + 2, len(ts) + 2)
     out = _restore(frames_out, inputs["plan"]).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
@@ -589,19 +473,3 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
     info = {"encode_s": t1 - t0, "transformer_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0,
             "sigma": cond["sigma"], "guidance": float(guidance), "init": init, "seed": int(seed)}
     return SampleResult(frames=out, latents=latents, timesteps=ts, info=info)
-
-
-def refine_3d(model: VideoModel, result: SampleResult, cameras, t_small: int = 200, seed: int = 0, cfg=None, *,
-              first: torch.Tensor | None = None, last: torch.Tensor | None = None, init_scene=None,
-              aspect: str = "stretch", view_filter: str = "nearest", vae_tiling: bool = False,
-              progress: ProgressFn | None = None, interrupt: Callable[[], None] | None = None) -> SampleResult:
-    """3D-aware refine of a one-step student result (VideoScene / VideoMV style; ``aware3d.refine_3d``):
-    fit Gaussians to ``result.frames`` at ``cameras`` (path cameras, one per frame; ``cfg`` an
-    ``aware3d.Aware3DConfig``), render every camera, and run one more student step from that render:
-    ``leap_sample(model, first, last, render, timestep=t_small, seed=seed)`` (first / last default to the first and
-    last output frames; pass the real views and the original seed to reuse the conditioning draws)."""
-    from .aware3d import refine_3d as _refine
-
-    return _refine(model, result, cameras, t_small=t_small, seed=seed, cfg=cfg, first=first, last=last,
-                   init_scene=init_scene, aspect=aspect, view_filter=view_filter, vae_tiling=vae_tiling,
-                   progress=progress, interrupt=interrupt)

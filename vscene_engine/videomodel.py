@@ -1,7 +1,8 @@
 """The loaded video model (CogVideoX image-to-video family) shared by the loader and the samplers.
 
 Entry point: the :class:`VideoModel` dataclass. It is produced by ``cogvideo_load.load_video_model`` and consumed by
-``leap.leap_sample`` / ``leap.teacher_sample``. No ComfyUI imports.
+``leap.leap_sample`` / ``leap.teacher_sample``. It owns the model's :class:`~vscene_engine.schedule.NoiseSchedule`
+(``model.schedule``, built once from ``scheduler_config``), which every sampler and trainer uses. No ComfyUI imports.
 
 Geometry (CogVideoX 1.0, e.g. ``CogVideoX-5b-I2V`` / ``feizhengcong/CogvideoX-Interpolation``):
   pixels  [B, 3, F, H, W] in [-1, 1]   F = 4k+1 (49), H, W multiples of 16 (480 x 720)
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+
+from .schedule import NoiseSchedule
 
 __all__ = ["VideoModel", "Placer", "DevicePlacer", "StreamingPlacer"]
 
@@ -111,7 +114,9 @@ class VideoModel:
 
     transformer: diffusers ``CogVideoXTransformer3DModel`` (in_channels = 2 x latent channels), eval mode.
     vae: diffusers ``AutoencoderKLCogVideoX``, eval mode.
-    scheduler_config: the ``scheduler/scheduler_config.json`` dict (betas, prediction type, zero-SNR, spacing).
+    scheduler_config: the ``scheduler/scheduler_config.json`` dict as read (betas, prediction type, zero-SNR, spacing).
+    schedule: the :class:`NoiseSchedule` of ``scheduler_config`` (built at construction when not given; missing keys
+    take diffusers' defaults). Samplers read the schedule from here, never from the raw dict.
     prompt_embeds: [1, L, D] text embedding (L = transformer ``max_text_seq_length``, D = ``text_embed_dim``), cpu.
     negative_prompt_embeds: same shape or None (only needed for classifier-free guidance in the teacher sampler).
     dtype: compute/weight dtype (bf16 on CUDA, fp32 on CPU by default).
@@ -131,6 +136,11 @@ class VideoModel:
     placer: Placer = field(default_factory=Placer)
     name: str = "video-model"
     report: dict = field(default_factory=dict)
+    schedule: NoiseSchedule | None = None
+
+    def __post_init__(self):
+        if self.schedule is None:
+            self.schedule = NoiseSchedule.from_config(self.scheduler_config)
 
     # ---------------------------------------------------------------------------------------- geometry
     @property
