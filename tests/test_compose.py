@@ -413,3 +413,29 @@ def test_orbit_cameras_and_grid_select():
     assert grid_select(imgs, 2, 3, "view", 1)[:, 0, 0, 0].tolist() == [3.0, 4.0, 5.0]
     with pytest.raises(ValueError, match="views x frames"):
         grid_select(imgs[:5], 2, 3, "frame", 0)
+
+
+def test_denoiser_and_samplers_used_directly():
+    """The k-diffusion pieces on their own give compose_sample's grid; the hook runs once per step (Heun: on the
+    step's first estimate, not on the correction) and again after reset()."""
+    from vscene_engine.compose import ComposedDenoiser, KarrasSigmas, sample_heun
+
+    w = WeightSchedule("logistic", s0=0.4, view_weights=[1.0, 0.7, 0.9])
+    seen = []
+
+    def hook(step, n, level, x0):
+        seen.append(step)
+        return x0 * 0.9
+
+    noise = _noise(8, dtype=torch.float64)
+    ref = _run(noise, sampler="heun", steps=4, weights=w, x0_hook=hook)
+    assert seen == [0, 1, 2, 3]
+    model = ComposedDenoiser(row_nl, col_nl, w.row_weights(4, V), row_cond=torch.arange(V),
+                             col_cond=torch.arange(F), x0_hook=hook)
+    sig = KarrasSigmas().sigmas(4)
+    for _ in range(2):
+        seen.clear()
+        out = sample_heun(model, noise * float(sig[0]), sig)
+        assert torch.equal(out, ref.samples) and seen == [0, 1, 2, 3]
+        assert model.stats["row_fn"] == ref.info["row_calls"]
+        model.reset()

@@ -723,7 +723,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
                              (lambda d: progress(d["i"] + 1, steps)))
     # 5. the known entries exactly, and the report
     if known is not None:
-        x = torch.where(known.mask.to(x.device).reshape(V, Fr, 1, 1, 1), known.values, x)
+        x = known.clamp_x0(x)
     s_out = torch.full_like(s, float("nan")) if ind_fn is not None else weights.reported(steps)
     info = {"sampler": sampler, "steps": steps, "row_calls": model.stats.get("row_fn", 0),
             "col_calls": model.stats.get("col_fn", 0), "ind_calls": model.stats.get("ind_fn", 0),
