@@ -94,7 +94,7 @@ def run_toy(args) -> dict:
 
 def run_sampler_toy(args, path, truth, bad, cfg) -> dict:
     """50-step DDIM with a posterior-mean denoiser that believes in its own (perturbed) views."""
-    from vscene_engine.compose import compose_sample
+    from vscene_engine.compose import Batching, WeightSchedule, compose_sample
 
     from vscene_engine.cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG
     from vscene_engine.schedule import NoiseSchedule
@@ -114,8 +114,8 @@ def run_sampler_toy(args, path, truth, bad, cfg) -> dict:
     for name, hk in (("DDIM 50, plain", None),
                      ("DDIM 50, 3D-aware (steps 20/30/40)", A.make_3d_aware_hook(dec, enc, path, cfg))):
         t0 = time.perf_counter()
-        r = compose_sample(noise, row, None, sampler="ddim", steps=50, s0=0.0, row_cond=lambda ix: ix,
-                           batch=m.shape[0], x0_hook=hk)
+        r = compose_sample(noise, row, None, sampler="ddim", steps=50, weights=WeightSchedule(s0=0.0),
+                           row_cond=lambda ix: ix, batching=Batching(batch=m.shape[0]), x0_hook=hk)
         frames = dec(r.samples[:, 0])
         res[name] = {**measure(frames, path, args), "psnr_to_truth": float(psnr(frames, truth)),
                      "seconds": time.perf_counter() - t0}

@@ -14,6 +14,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import test_compose as T  # noqa: E402  (the test's exact Gaussian denoisers and grid)
 
+from vscene_engine.compose import WeightSchedule  # noqa: E402
+
 
 def main() -> int:
     n = 20000
@@ -23,9 +25,11 @@ def main() -> int:
         flat = samples[..., 0, 0].reshape(9, n)
         return T._rel(torch.cov(flat), T.JOINT), float((flat.mean(1) - T.MEAN.reshape(-1)).norm() / T.MEAN.norm())
 
-    rows = {"exact (row + col - ind)": dict(ind_fn=T._ind_x0), "video model only (s = 0)": dict(s0=0.0),
-            "multi-view model only (s = 1)": dict(s0=1.0), "released convex form, s = 0.5": dict(s0=0.5),
-            "released convex form, s = 0.6": dict(s0=0.6)}
+    W = WeightSchedule
+    rows = {"exact (row + col - ind)": dict(ind_fn=T._ind_x0), "video model only (s = 0)": dict(weights=W(s0=0.0)),
+            "multi-view model only (s = 1)": dict(weights=W(s0=1.0)),
+            "released convex form, s = 0.5": dict(weights=W(s0=0.5)),
+            "released convex form, s = 0.6": dict(weights=W(s0=0.6))}
     for name, kw in rows.items():
         c, m = cov_err(T._gauss_sample(noise, sampler="heun", steps=40, **kw))
         print(f"{name:32s} covariance error {100 * c:6.1f} %   mean error {100 * m:5.1f} %")

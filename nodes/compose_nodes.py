@@ -6,7 +6,9 @@ and their x0 estimates are combined with the weight s(i) of the chosen schedule 
 """
 from __future__ import annotations
 
-from . import host
+from vscene_engine.compose import WeightSchedule
+
+from .guider import make_compose_guider
 
 CATEGORY = "VideoScene"
 
@@ -76,9 +78,7 @@ class ScoreComposeMultiView:
                    s0, s1, k, video_cfg, multiview_cfg, video_negative=None, multiview_negative=None, vae=None,
                    trajectory=None, aware3d_every=0, aware3d_start=0.4, aware3d_iters=100,
                    aware3d_groups="per_frame"):
-        sched = {"kind": schedule, "s0": float(s0), "k": float(k)}
-        if schedule == "linear":
-            sched["s1"] = float(s1)
+        weights = WeightSchedule(schedule, s0=float(s0), k=float(k), s1=float(s1) if schedule == "linear" else None)
         aware3d = None
         if int(aware3d_every) > 0:
             from vscene_engine.aware3d import Aware3DConfig
@@ -89,10 +89,10 @@ class ScoreComposeMultiView:
             aware3d = {"vae": vae, "cameras": trajectory, "groups": aware3d_groups,
                        "cfg": Aware3DConfig(every=int(aware3d_every), start=float(aware3d_start),
                                             iters=int(aware3d_iters)).validate()}
-        g = host.make_compose_guider(video_model, multiview_model, views, frames,
-                                     {"positive": video_positive, "negative": video_negative},
-                                     {"positive": multiview_positive, "negative": multiview_negative},
-                                     float(video_cfg), float(multiview_cfg), sched, aware3d=aware3d)
+        g = make_compose_guider(video_model, multiview_model, views, frames,
+                                {"positive": video_positive, "negative": video_negative},
+                                {"positive": multiview_positive, "negative": multiview_negative},
+                                float(video_cfg), float(multiview_cfg), weights, aware3d=aware3d)
         return (g,)
 
 

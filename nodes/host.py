@@ -24,6 +24,8 @@ Public API (shapes in the docstrings):
   atomic_write_bytes(path, data)
 * scene_to_splat(scene_or_list), splat_to_scenes(splat), SPLAT_CLASS, LocalSPLAT
 * frames_to_video(frames, fps), LocalVideo
+* CFGGuider (core's GUIDER base, or a stand-in with its interface) and the sampling helpers a guider uses:
+  prepare_sampling, cleanup_models, convert_cond, process_conds, calc_cond_batch, cfg_function (nodes/guider.py)
 
 Note for pack code: inside ComfyUI the pack is imported as a package (custom_nodes/<name>/__init__.py), and
 ComfyUI itself owns the top-level module name ``nodes``. Import this module relatively (``from .host import
@@ -54,6 +56,8 @@ _ModelPatcher = None
 _api_InputImpl = None
 _api_Types = None
 _cli_args = None
+_cs = None          # comfy.samplers
+_sh = None          # comfy.sampler_helpers
 
 if os.environ.get("VSCENE_NO_HOST", "").strip() not in ("", "0"):
     log.debug("VSCENE_NO_HOST set: using the standalone fallbacks")
@@ -79,6 +83,13 @@ else:
             from comfy_api.latest import InputImpl as _api_InputImpl, Types as _api_Types
         except Exception as e:
             log.debug("comfy_api.latest unavailable: %s", e)
+        try:  # both or neither
+            import comfy.sampler_helpers as _sh_mod
+            import comfy.samplers as _cs_mod
+
+            _sh, _cs = _sh_mod, _cs_mod
+        except Exception as e:
+            log.debug("comfy.samplers unavailable: %s", e)
 
 HOST_AVAILABLE: bool = _mm is not None
 """True when running inside (or with) ComfyUI: comfy.model_management, comfy.utils and folder_paths imported."""
@@ -1019,224 +1030,135 @@ def describe() -> dict:
     }
 
 
-# =========================================================================================== Diffusion² guider
-def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds: dict, col_conds: dict,
-                        row_cfg: float, col_cfg: float, schedule: dict, aware3d: dict | None = None):
-    """A core GUIDER (``comfy.samplers.CFGGuider`` subclass) composing a video MODEL (rows: each view's F frames) and
-    a multi-view MODEL (columns: each frame's V views) with Diffusion²'s per-step combination of their x0 estimates
-    (``vscene_engine.compose.compose_x0``). The sampled latent is a batch of V*F images, view-major
-    (index v*F + f). ``row_conds`` / ``col_conds``: {"positive": CONDITIONING, "negative": CONDITIONING or None}.
-    ``schedule``: kwargs of ``compose.schedule_values`` plus "kind" (and optional "view_weights",
-    "row_only_from"). Both models must share the latent format and the noise parametrisation (e.g. SVD + SV3D).
-
-    Per-view / per-frame conditioning: a video conditioning whose tensors have batch V (e.g. SVD_img2vid_Conditioning
-    of a batch of V images, one start image per view) conditions row v with entry v; a multi-view conditioning with
-    batch F (e.g. SV3D_Conditioning of F images, one per frame) conditions column f with entry f; batch 1 is shared
-    by all rows / columns; any other batch is refused with a clear message.
-
-    ``aware3d`` (optional, VideoMV 3D-aware denoising): {"vae": the core VAE of the latent format, "cameras":
-    ``Cameras`` of the V views, "cfg": ``aware3d.Aware3DConfig``, "groups": ``aware3d.grid_groups`` mode ("per_frame":
-    one scene per frame, "all": one static scene)}. On the steps the config selects, the composed x0 grid is decoded
-    with the VAE, Gaussians are fitted to each group at the grid's cameras (item v*F+f: camera of view v), rendered,
-    re-encoded and used as x0 (once per noise level: a second-order sampler's extra evaluation at the same sigma is
-    left alone).
-    Needs ComfyUI (core samplers drive it); raises RuntimeError without the host.
-    """
-    if not HOST_AVAILABLE:
-        raise RuntimeError("the ScoreComposeMultiView guider runs inside ComfyUI (core SamplerCustomAdvanced drives "
-                           "it); outside ComfyUI use vscene_engine.compose.compose_sample")
-    import comfy.sampler_helpers as sh
-    import comfy.samplers as cs
-
-    from vscene_engine.compose import composition_weights, compose_x0, schedule_values, step_index
-
-    V, F = int(views), int(frames)
-    if V < 1 or F < 1:
-        raise ValueError(f"views and frames must be >= 1, got {V} x {F}")
-    _check_compatible(row_model, col_model)
-
-    class Guider_ScoreCompose(cs.CFGGuider):
-        def __init__(self, model_patcher, col_patcher):
-            super().__init__(model_patcher)
-            self.col_patcher = col_patcher
-            self.col_inner = None
-            self.sigmas_seen = None
-            self.hook = None
-            self._hook_done = set()
-            self._row_items = self._col_items = None
-
-        def outer_sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
-                         disable_pbar=False, seed=None, latent_shapes=None):
-            if noise.shape[0] != V * F:
-                raise ValueError(f"the latent batch has {noise.shape[0]} images but the grid is {V} views x {F} "
-                                 f"frames = {V * F}: make the latent batch {V * F} (view-major: view v, frame f at "
-                                 f"index v*{F}+f) or change views/frames")
-            self.sigmas_seen = sigmas.detach().float().cpu()
-            n = max(1, len(self.sigmas_seen) - 1)
-            kw = {k: v for k, v in schedule.items() if k not in ("kind", "view_weights", "row_only_from")}
-            s = schedule_values(schedule.get("kind", "constant"), n, **kw)
-            self.weights = composition_weights(s, schedule.get("view_weights"), schedule.get("row_only_from"), V)
-            cc = {k: list(map(lambda a: a.copy(), v)) for k, v in self.col_conds_raw.items() if v is not None}
-            self.col_inner, cc, self.col_loaded = sh.prepare_sampling(self.col_patcher, noise.shape, cc,
-                                                                      self.col_patcher.model_options)
-            self._col_raw = cc
-            self.col_patcher.pre_run()
-            self.hook, self._hook_done = (_grid_hook(aware3d, V, F, self) if aware3d else None), set()
-            try:
-                return super().outer_sample(noise, latent_image, sampler, sigmas, denoise_mask, callback,
-                                            disable_pbar, seed, latent_shapes=latent_shapes)
-            finally:
-                self.col_patcher.cleanup()
-                sh.cleanup_models(self._col_raw, self.col_loaded)
-                self.col_inner = None
-
-        def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar,
-                         seed, latent_shapes=None):
-            # Conditions are prepared for the batch each model really sees: F frames for the video model, V views
-            # for the multi-view model (video models read their frame count from the batch, e.g. SVD's
-            # num_video_frames), not for the whole V*F grid.
-            import comfy.model_patcher as mp
-            import comfy.patcher_extension as pe
-
-            def part(t, n):
-                return None if t is None else t[:n]
-
-            self.inner_model.latent_shapes = latent_shapes
-
-            def prepare(inner, raw, n, label, per, m):
-                # (shared processed conds or the raw ones, per-item processed conds or None, model-space latent);
-                # m = the batch the model sees (F for the video model, V for the multi-view model)
-                lat = latent_image
-                if lat is not None and torch.count_nonzero(lat) > 0:
-                    lat = inner.process_latent_in(lat)
-
-                def proc(c):
-                    return cs.process_conds(inner, noise[:m], c, device, part(lat, m), part(denoise_mask, m), seed,
-                                            latent_shapes=latent_shapes)
-
-                items = _split_conds(raw, n, label, per, m)
-                return (raw, [proc(c) for c in items], lat) if items is not None else (proc(raw), None, lat)
-
-            self.conds, self._row_items, li = prepare(self.inner_model, self.conds, V, "video", "views", F)
-            self._col_conds, self._col_items, _ = prepare(self.col_inner, self._col_raw, F, "multi-view", "frames",
-                                                          V)
-            extra = mp.create_model_options_clone(self.model_options)
-            extra.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
-            extra_args = {"model_options": extra, "seed": seed}
-            executor = pe.WrapperExecutor.new_class_executor(
-                sampler.sample, sampler,
-                pe.get_all_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, extra_args["model_options"], is_model_options=True))
-            samples = executor.execute(self, sigmas, extra_args, callback, noise, li, denoise_mask, disable_pbar)
-            return self.inner_model.process_latent_out(samples.to(torch.float32))
-
-        def _pred(self, inner, conds, cfg, x, t, model_options):
-            pos, neg = conds.get("positive"), conds.get("negative")
-            use_neg = neg is not None and not math.isclose(cfg, 1.0)
-            out = cs.calc_cond_batch(inner, [pos, neg] if use_neg else [pos], x, t, model_options)
-            if not use_neg:
-                return out[0]
-            return cs.cfg_function(inner, out[0], out[1], cfg, x, t, model_options=model_options, cond=pos,
-                                   uncond=neg)
-
-        def predict_noise(self, x, timestep, model_options={}, seed=None):
-            grid = x.reshape(V, F, *x.shape[1:])
-            sigma = timestep.reshape(-1)[:1]
-            i = step_index(self.sigmas_seen, float(sigma)) if self.sigmas_seen is not None else 0
-            opts_col = {k: v for k, v in model_options.items() if k != "multigpu_clones"}
-
-            def row_fn(xr, level, cond):
-                # cond: the per-view processed conditions of these rows (or None: all rows share self.conds)
-                return torch.stack([self._pred(self.inner_model, self.conds if cond is None else cond[b], row_cfg,
-                                               xr[b], sigma.expand(F), model_options) for b in range(xr.shape[0])])
-
-            def col_fn(xc, level, cond):
-                return torch.stack([self._pred(self.col_inner, self._col_conds if cond is None else cond[b],
-                                               col_cfg, xc[b], sigma.expand(V), opts_col)
-                                    for b in range(xc.shape[0])])
-
-            x0 = compose_x0(grid, float(sigma), row_fn, col_fn, row_weight=self.weights[min(i, len(self.weights) - 1)],
-                            row_cond=self._row_items, col_cond=self._col_items, distributed=False)
-            x0 = x0.reshape(x.shape)
-            n = max(1, len(self.sigmas_seen) - 1) if self.sigmas_seen is not None else 1
-            if self.hook is not None and i not in self._hook_done and self.hook.selects(i, n):
-                self._hook_done.add(i)
-                x0 = self.hook(i, n, float(sigma), x0)
-                h = self.hook.history[-1]
-                log.info("VideoScene 3D-aware step %d/%d (sigma %.4g): fit PSNR %.2f dB, x0 change (RMS) %.4g, %.1f s",
-                         i, n, float(sigma), h["fit_psnr"], h["change"], h["seconds"])
-            return x0
-
-    g = Guider_ScoreCompose(row_model, col_model)
-    g.inner_set_conds({k: v for k, v in row_conds.items() if v is not None})
-    g.col_conds_raw = {k: sh.convert_cond(v) for k, v in col_conds.items() if v is not None}
-    return g
+# =========================================================================================== GUIDER base
+# Core's CFGGuider and the few sampling helpers a guider needs (nodes/guider.py subclasses CFGGuider and calls these).
+# Without the host: stand-ins with core's signatures, enough to drive a guider in tests. Their model contract: a
+# "model patcher" has .model (the inner model), .model_options (dict), .load_device, pre_run(), cleanup(); the
+# inner model has apply_model(x, sigma, cond_list) -> x0, process_latent_in(z) and process_latent_out(z).
+def convert_cond(cond) -> list:
+    """CONDITIONING [[tensor, dict], ...] -> core's list of cond dicts (cross_attn, model_conds, uuid)."""
+    if _sh is not None:
+        return _sh.convert_cond(cond)
+    out = []
+    for c in cond:
+        temp = dict(c[1])
+        temp["model_conds"] = temp.get("model_conds", {})
+        if c[0] is not None:
+            temp["cross_attn"] = c[0]
+        temp["uuid"] = uuid.uuid4()
+        out.append(temp)
+    return out
 
 
-def _split_conds(conds: dict, n: int, label: str, per: str, other: int) -> list | None:
-    """Per-item copies of raw (converted) conditions: ``None`` when every tensor in them has batch 1 (shared), else a
-    list of n condition dicts, item i holding entry i of each batch-n tensor (batch-1 tensors are shared)."""
-    sizes = set()
-    for lst in conds.values():
-        for c in lst or []:
-            for k, v in c.items():
-                if isinstance(v, torch.Tensor) and v.ndim > 0 and k != "model_conds":
-                    sizes.add(int(v.shape[0]))
-    sizes.discard(1)
-    if not sizes:
-        return None
-    if sizes != {n}:
-        hint = (f"; batch {other} would be one per {'frame' if per == 'views' else 'view'}, which is the other "
-                "model's conditioning" if other in sizes else "")
-        raise ValueError(f"the {label} conditioning has batch {sorted(sizes)}: give batch 1 (shared by all) or {n} "
-                         f"(one per {per[:-1]}: the grid has {n} {per}){hint}")
-
-    def one(c, i):
-        out = dict(c)
-        for k, v in c.items():
-            if isinstance(v, torch.Tensor) and v.ndim > 0 and k != "model_conds" and v.shape[0] == n:
-                out[k] = v[i:i + 1]
-        return out
-
-    return [{k: [one(c, i) for c in (lst or [])] for k, lst in conds.items()} for i in range(n)]
+def prepare_sampling(model_patcher, noise_shape, conds: dict, model_options: dict):
+    """(inner model, conds, loaded models) with the model loaded for sampling (core: sampler_helpers)."""
+    if _sh is not None:
+        return _sh.prepare_sampling(model_patcher, noise_shape, conds, model_options)
+    return model_patcher.model, conds, []
 
 
-def _grid_hook(aware3d: dict, V: int, F: int, guider):
-    """The VideoMV 3D-aware x0 hook of a composed V x F grid, decoding / encoding with a core VAE."""
-    from vscene_engine.aware3d import Aware3DConfig, grid_groups, make_3d_aware_hook
-
-    vae, cams = aware3d.get("vae"), aware3d.get("cameras")
-    if vae is None or cams is None:
-        raise ValueError("3D-aware denoising needs the VAE (connect the models' VAE) and the cameras of the V views "
-                         "(connect Orbit Trajectory)")
-    if len(cams) != V:
-        raise ValueError(f"3D-aware denoising: the trajectory has {len(cams)} cameras but the grid has {V} views; "
-                         f"make Orbit Trajectory's views {V}")
-    grid_cams = cams[torch.arange(V).repeat_interleave(F)]
-
-    def decode(z):
-        img = vae.decode(guider.inner_model.process_latent_out(z.to(torch.float32)))
-        return img.reshape(-1, *img.shape[-3:])[..., :3]
-
-    def encode(frames):
-        return guider.inner_model.process_latent_in(vae.encode(frames[..., :3]))
-
-    # no progress bar of its own: the sampler's bar is the node's bar; interrupts are checked every fit iteration
-    return make_3d_aware_hook(decode, encode, grid_cams, aware3d.get("cfg") or Aware3DConfig(),
-                              groups=grid_groups(V, F, aware3d.get("groups", "per_frame")),
-                              interrupt=check_interrupt)
+def cleanup_models(conds: dict, models) -> None:
+    """Release what prepare_sampling loaded (core: sampler_helpers)."""
+    if _sh is not None:
+        _sh.cleanup_models(conds, models)
 
 
-def _check_compatible(row_model, col_model) -> None:
-    """Both MODELs must share latent format and noise parametrisation (sigma scale); clear ValueError otherwise."""
-    a, b = row_model.model, col_model.model
-    la, lb = type(a.latent_format).__name__, type(b.latent_format).__name__
-    if la != lb:
-        raise ValueError(f"the video model's latent format is {la} but the multi-view model's is {lb}: Diffusion² "
-                         "composes their estimates on one latent grid, so both must use the same VAE/latent format "
-                         "(e.g. SVD + SV3D)")
-    ma, mb = a.model_sampling, b.model_sampling
-    for attr in ("sigma_min", "sigma_max"):
-        va, vb = float(getattr(ma, attr)), float(getattr(mb, attr))
-        if abs(va - vb) > 0.01 * max(abs(va), abs(vb), 1e-6):
-            raise ValueError(f"the two models use different noise scales ({attr} {va:g} vs {vb:g}): both must share "
-                             "the sampler's sigmas (e.g. SVD + SV3D, both EDM)")
+def process_conds(model, noise, conds: dict, device, latent_image=None, denoise_mask=None, seed=None,
+                  latent_shapes=None) -> dict:
+    """Conds prepared for a noise batch (core: areas, timesteps, the model's extra conds); stand-in: copies."""
+    if _cs is not None:
+        return _cs.process_conds(model, noise, conds, device, latent_image, denoise_mask, seed,
+                                 latent_shapes=latent_shapes)
+    return {k: list(v) for k, v in conds.items()}
+
+
+def calc_cond_batch(model, conds: list, x, timestep, model_options: dict) -> list:
+    """The model's x0 for each cond list of ``conds`` at x [B, ...], timestep (sigma) [B] (core: samplers)."""
+    if _cs is not None:
+        return _cs.calc_cond_batch(model, conds, x, timestep, model_options)
+    return [model.apply_model(x, timestep, c) for c in conds]
+
+
+def cfg_function(model, cond_pred, uncond_pred, cond_scale: float, x, timestep, model_options: dict = {},
+                 cond=None, uncond=None):
+    """Classifier-free guidance uncond + scale (cond - uncond) with the model's cfg hooks (core: samplers)."""
+    if _cs is not None:
+        return _cs.cfg_function(model, cond_pred, uncond_pred, cond_scale, x, timestep,
+                                model_options=model_options, cond=cond, uncond=uncond)
+    return uncond_pred + (cond_pred - uncond_pred) * cond_scale
+
+
+class _StandInCFGGuider:
+    """Stand-in for ``comfy.samplers.CFGGuider`` (same methods and call order, none of core's model management,
+    hooks or wrappers): sample -> outer_sample (prepare the model) -> inner_sample (process conds, run
+    ``sampler.sample(guider, sigmas, extra_args, callback, noise, latent, denoise_mask, disable_pbar)``, which calls
+    the guider as ``guider(x, sigma [B], **extra_args)`` -> predict_noise)."""
+
+    def __init__(self, model_patcher):
+        self.model_patcher = model_patcher
+        self.model_options = model_patcher.model_options
+        self.original_conds: dict = {}
+        self.cfg = 1.0
+
+    def set_conds(self, positive, negative) -> None:
+        self.inner_set_conds({"positive": positive, "negative": negative})
+
+    def set_cfg(self, cfg: float) -> None:
+        self.cfg = cfg
+
+    def inner_set_conds(self, conds: dict) -> None:
+        for k in conds:
+            self.original_conds[k] = convert_cond(conds[k])
+
+    def __call__(self, *args, **kwargs):
+        return self.outer_predict_noise(*args, **kwargs)
+
+    def outer_predict_noise(self, x, timestep, model_options={}, seed=None):
+        return self.predict_noise(x, timestep, model_options, seed)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        pos, neg = self.conds.get("positive"), self.conds.get("negative")
+        if neg is None or math.isclose(self.cfg, 1.0):
+            return calc_cond_batch(self.inner_model, [pos], x, timestep, model_options)[0]
+        c, u = calc_cond_batch(self.inner_model, [pos, neg], x, timestep, model_options)
+        return cfg_function(self.inner_model, c, u, self.cfg, x, timestep, model_options, cond=pos, uncond=neg)
+
+    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                     latent_shapes=None):
+        if latent_image is not None and torch.count_nonzero(latent_image) > 0:
+            latent_image = self.inner_model.process_latent_in(latent_image)
+        self.conds = process_conds(self.inner_model, noise, self.conds, device, latent_image, denoise_mask, seed,
+                                   latent_shapes=latent_shapes)
+        extra_args = {"model_options": dict(self.model_options), "seed": seed}
+        samples = sampler.sample(self, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        return self.inner_model.process_latent_out(samples.to(torch.float32))
+
+    def outer_sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                     disable_pbar=False, seed=None, latent_shapes=None):
+        self.inner_model, self.conds, self.loaded_models = prepare_sampling(self.model_patcher, noise.shape,
+                                                                            self.conds, self.model_options)
+        device = self.model_patcher.load_device
+        try:
+            self.model_patcher.pre_run()
+            output = self.inner_sample(noise.to(device=device, dtype=torch.float32),
+                                       latent_image.to(device=device, dtype=torch.float32), device, sampler,
+                                       sigmas.to(device), denoise_mask, callback, disable_pbar, seed,
+                                       latent_shapes=latent_shapes)
+        finally:
+            self.model_patcher.cleanup()
+        cleanup_models(self.conds, self.loaded_models)
+        del self.inner_model
+        del self.loaded_models
+        return output
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+               seed=None):
+        if sigmas.shape[-1] == 0:
+            return latent_image
+        self.conds = {k: [c.copy() for c in v] for k, v in self.original_conds.items()}
+        return self.outer_sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                                 latent_shapes=[latent_image.shape])
+
+
+CFGGuider = _cs.CFGGuider if _cs is not None else _StandInCFGGuider
+"""The base class of the pack's guiders: ``comfy.samplers.CFGGuider`` inside ComfyUI, else the stand-in."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from vscene_engine import aware3d as A
 from vscene_engine import leap
-from vscene_engine.compose import compose_sample
+from vscene_engine.compose import GridConditioning, WeightSchedule, compose_sample
 from vscene_engine.losses import psnr
 
 W, H, NF = 32, 24, 7
@@ -52,6 +52,7 @@ def toy():
 
 
 MEASURE = dict(iters=150, n_init=1000, background=BG, seed=0)
+ROW_ONLY = WeightSchedule(s0=0.0)  # the video (row) model only
 
 
 # ------------------------------------------------------------------------------------------------ the 3D step
@@ -243,17 +244,19 @@ def test_compose_hook_layout_and_known_clamp():
     known = torch.full((Fr, 4, 2, 2), -1.0)
     for sampler in ("ddim", "euler"):
         seen.clear()
-        res = compose_sample(noise, row, None, sampler=sampler, steps=4, s0=0.0, cond_row=known,
-                             cond_row_index=0, x0_hook=hook)
+        res = compose_sample(noise, row, None, sampler=sampler, steps=4, weights=ROW_ONLY,
+                             conditioning=GridConditioning(cond_row=known, cond_row_index=0), x0_hook=hook)
         assert [s[0] for s in seen] == [0, 1, 2, 3] and all(s[1] == 4 and s[3] == (V * Fr, 4, 2, 2) for s in seen)
         assert torch.allclose(res.samples[1, 0], torch.full((4, 2, 2), 7.0), atol=1e-5)  # the hook's x0 is used
         assert torch.equal(res.samples[0], known)                                         # known row clamped
         assert torch.allclose(res.samples[2], torch.full((Fr, 4, 2, 2), 0.5), atol=1e-5)
-    plain = compose_sample(noise, row, None, sampler="ddim", steps=4, s0=0.0)
-    ident = compose_sample(noise, row, None, sampler="ddim", steps=4, s0=0.0, x0_hook=lambda i, n, lv, x: x)
+    plain = compose_sample(noise, row, None, sampler="ddim", steps=4, weights=ROW_ONLY)
+    ident = compose_sample(noise, row, None, sampler="ddim", steps=4, weights=ROW_ONLY,
+                           x0_hook=lambda i, n, lv, x: x)
     assert torch.equal(plain.samples, ident.samples)
     with pytest.raises(ValueError, match="x0_hook"):
-        compose_sample(noise, row, None, sampler="ddim", steps=2, s0=0.0, x0_hook=lambda i, n, lv, x: x[:1])
+        compose_sample(noise, row, None, sampler="ddim", steps=2, weights=ROW_ONLY,
+                       x0_hook=lambda i, n, lv, x: x[:1])
 
 
 # ------------------------------------------------------------------------------------------------ student refine

@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vscene_engine.compose import (compose_sample, compose_x0, composition_weights, orbit_view_weights,
-                                   schedule_values, sigmas_karras, step_index)
 from vscene_engine.cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG
+from vscene_engine.compose import (Batching, GridConditioning, WeightSchedule, compose_sample, compose_x0,
+                                   composition_weights, orbit_view_weights, schedule_values, sigmas_karras,
+                                   step_index)
 from vscene_engine.schedule import alphas_cumprod
 
 # ============================================================================ analytic Gaussian grid (Theorem 3.1)
@@ -54,7 +55,7 @@ def _ind_x0(x, level, idx):      # single-image model: X[v, f] ~ N(MEAN[v, f], K
 def _gauss_sample(noise: torch.Tensor, **kw):
     ar = torch.arange
     return compose_sample(noise, _row_x0, _col_x0, row_cond=ar(V3), col_cond=ar(F3), ind_cond=ar(V3 * F3),
-                          batch=3, **kw).samples
+                          batching=Batching(batch=3), **kw).samples
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -133,8 +134,8 @@ def test_theorem_3_1_composed_sampler_reaches_the_joint():
     err = _rel(cov_c, JOINT)
     assert err <= 0.05
     assert float((mean_c - MEAN.reshape(-1)).norm() / MEAN.norm()) <= 0.03
-    _, cov_r = moments(_gauss_sample(noise, sampler="heun", steps=40, s0=0.0))   # video model only
-    _, cov_k = moments(_gauss_sample(noise, sampler="heun", steps=40, s0=1.0))   # multi-view model only
+    _, cov_r = moments(_gauss_sample(noise, sampler="heun", steps=40, weights=WeightSchedule(s0=0.0)))  # video only
+    _, cov_k = moments(_gauss_sample(noise, sampler="heun", steps=40, weights=WeightSchedule(s0=1.0)))  # views only
     assert _rel(cov_r, JOINT) > 0.5 and _rel(cov_k, JOINT) > 0.5
     assert min(_rel(cov_r, JOINT), _rel(cov_k, JOINT)) > 8 * err
 
@@ -148,7 +149,7 @@ def test_theorem_exact_moments_all_samplers(sampler, steps, tol):
     assert _rel(cov, JOINT) <= tol
     assert float((mean - MEAN.reshape(-1)).norm() / MEAN.norm()) <= 0.015
     for s in (0.0, 0.5, 1.0):
-        _, cov_s = _exact_moments(sampler=sampler, steps=steps, s0=s)
+        _, cov_s = _exact_moments(sampler=sampler, steps=steps, weights=WeightSchedule(s0=s))
         assert _rel(cov_s, torch.kron(_mpow(K_V, s), _mpow(K_F, 1 - s))) <= tol + 0.01
         assert _rel(cov_s, JOINT) > 0.4
 
@@ -245,11 +246,11 @@ def _run(noise, **kw):
 def test_batch_size_invariance(sampler):
     """Same result for any row / column batch sizes (float64: float32 einsum may round differently per batch
     size, ~1e-6 after Heun at sigma 80, which is the denoiser's business, not the composition's)."""
-    kw = dict(sampler=sampler, steps=6, schedule="logistic", s0=0.5, view_weights=[1.0, 0.5, 0.8])
+    kw = dict(sampler=sampler, steps=6, weights=WeightSchedule("logistic", s0=0.5, view_weights=[1.0, 0.5, 0.8]))
     noise = _noise(dtype=torch.float64)
-    ref = _run(noise, batch=1, col_batch=1, **kw).samples
+    ref = _run(noise, batching=Batching(batch=1, col_batch=1), **kw).samples
     for b, cb in [(2, 3), (3, 1), (100, 100)]:
-        out = _run(noise, batch=b, col_batch=cb, **kw).samples
+        out = _run(noise, batching=Batching(batch=b, col_batch=cb), **kw).samples
         assert torch.allclose(out, ref, atol=1e-12, rtol=0)
     assert bool(torch.isfinite(ref).all())
 
@@ -266,8 +267,9 @@ def test_conditioning_is_clamped(sampler):
         seen.append((cond.clone(), x.clone(), level))
         return row_nl(x, level, cond)
 
-    res = compose_sample(noise, row_spy, col_nl, sampler=sampler, steps=5, cond_row=crow, cond_row_index=1,
-                         cond_col=ccol, cond_col_index=2, row_cond=torch.arange(V), col_cond=torch.arange(F))
+    res = compose_sample(noise, row_spy, col_nl, sampler=sampler, steps=5,
+                         conditioning=GridConditioning(crow, 1, ccol, 2), row_cond=torch.arange(V),
+                         col_cond=torch.arange(F))
     out = res.samples
     assert torch.equal(out[1], crow) and torch.equal(out[:, 2], ccol)
     assert not torch.allclose(out[0], torch.zeros_like(out[0]))
@@ -283,18 +285,19 @@ def test_conditioning_is_clamped(sampler):
     bad = ccol.clone()
     bad[1] += 1
     with pytest.raises(ValueError, match="disagree where they cross"):
-        compose_sample(noise, row_nl, col_nl, cond_row=crow, cond_row_index=1, cond_col=bad, cond_col_index=2,
+        compose_sample(noise, row_nl, col_nl, conditioning=GridConditioning(crow, 1, bad, 2),
                        row_cond=torch.arange(V), col_cond=torch.arange(F))
 
 
 def test_single_model_paths_and_calls():
     # s = 0: the video model only (columns never called), works with one view; s = 1 with one frame
-    r0 = _run(_noise(5, (1, F, CH, H, W)), steps=3, s0=0.0)
+    r0 = _run(_noise(5, (1, F, CH, H, W)), steps=3, weights=WeightSchedule(s0=0.0))
     assert r0.info["col_calls"] == 0 and r0.info["row_calls"] == 3
-    r1 = _run(_noise(5, (V, 1, CH, H, W)), steps=3, s0=1.0)
+    r1 = _run(_noise(5, (V, 1, CH, H, W)), steps=3, weights=WeightSchedule(s0=1.0))
     assert r1.info["row_calls"] == 0 and r1.info["col_calls"] == 3
     # row_only_from: the last steps skip the multi-view model
-    r = _run(_noise(), steps=5, s0=0.6, row_only_from=0.5, batch=3, col_batch=4)
+    r = _run(_noise(), steps=5, weights=WeightSchedule(s0=0.6, row_only_from=0.5),
+             batching=Batching(batch=3, col_batch=4))
     assert r.info["col_calls"] == 3 and r.info["row_calls"] == 5
     assert torch.allclose(r.s, torch.tensor([0.6, 0.6, 0.6, 0, 0], dtype=torch.float64))
     # compose_x0 = the convex combination of the two models' x0
@@ -332,7 +335,8 @@ def test_bad_inputs():
         _run(torch.zeros(3, 4, 2, 2))
     with pytest.raises(ValueError, match=r"row_fn returned shape \(3, 4, 2, 2\) for an input of shape "
                                          r"\(3, 4, 2, 2, 3\)"):
-        compose_sample(_noise(), lambda x, t, c: x[..., 0], col_nl, batch=3, col_cond=torch.arange(F))
+        compose_sample(_noise(), lambda x, t, c: x[..., 0], col_nl, batching=Batching(batch=3),
+                       col_cond=torch.arange(F))
     with pytest.raises(ValueError, match="col_fn returned shape"):
         compose_sample(_noise(), row_nl, lambda x, t, c: x[:, :1], row_cond=torch.arange(V))
     with pytest.raises(ValueError, match="row_fn returned NaN"):
@@ -340,21 +344,21 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="needs V >= 2 views and F >= 2 frames, got V = 1"):
         _run(_noise(0, (1, F, CH, H, W)))
     with pytest.raises(ValueError, match="F = 1"):
-        _run(_noise(0, (V, 1, CH, H, W)), schedule="linear", s0=1.0, s1=0.5)
+        _run(_noise(0, (V, 1, CH, H, W)), weights=WeightSchedule("linear", s0=1.0, s1=0.5))
     with pytest.raises(ValueError, match="s0 must be a number in"):
-        _run(_noise(), s0=1.5)
+        _run(_noise(), weights=WeightSchedule(s0=1.5))
     with pytest.raises(ValueError, match="logistic steepness"):
-        _run(_noise(), schedule="logistic", k=-1)
+        _run(_noise(), weights=WeightSchedule("logistic", k=-1))
     with pytest.raises(ValueError, match="2 entries but the grid has V = 3"):
-        _run(_noise(), view_weights=[1.0, 1.0])
+        _run(_noise(), weights=WeightSchedule(view_weights=[1.0, 1.0]))
     with pytest.raises(ValueError, match=r"cond_row .* must have shape \(4, 2, 2, 3\)"):
-        _run(_noise(), cond_row=torch.zeros(3, 2, 2, 3))
+        _run(_noise(), conditioning=GridConditioning(cond_row=torch.zeros(3, 2, 2, 3)))
     with pytest.raises(ValueError, match="row_cond must have one entry per item"):
         _run(_noise(), row_cond=torch.arange(V + 1))
     with pytest.raises(ValueError, match="unknown sampler"):
         _run(_noise(), sampler="dpm")
     with pytest.raises(ValueError, match="batch must be an integer"):
-        _run(_noise(), batch=0)
+        _run(_noise(), batching=Batching(batch=0))
     with pytest.raises(ValueError, match="NaN or inf"):
         _run(_noise() * float("inf"))
 
@@ -362,9 +366,9 @@ def test_bad_inputs():
 # ============================================================================ torch.distributed (2 gloo ranks)
 def _dist_kwargs():
     crow = torch.randn(F, CH, H, W, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    return dict(sampler="heun", steps=4, schedule="linear", s0=0.8, s1=0.3, view_weights=[1.0, 0.6, 0.9],
-                cond_row=crow, cond_row_index=0, row_cond=torch.arange(V), col_cond=torch.arange(F), batch=1,
-                col_batch=2)
+    return dict(sampler="heun", steps=4, weights=WeightSchedule("linear", s0=0.8, s1=0.3, view_weights=[1.0, 0.6, 0.9]),
+                conditioning=GridConditioning(cond_row=crow, cond_row_index=0), row_cond=torch.arange(V),
+                col_cond=torch.arange(F), batching=Batching(batch=1, col_batch=2))
 
 
 def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -409,3 +413,29 @@ def test_orbit_cameras_and_grid_select():
     assert grid_select(imgs, 2, 3, "view", 1)[:, 0, 0, 0].tolist() == [3.0, 4.0, 5.0]
     with pytest.raises(ValueError, match="views x frames"):
         grid_select(imgs[:5], 2, 3, "frame", 0)
+
+
+def test_denoiser_and_samplers_used_directly():
+    """The k-diffusion pieces on their own give compose_sample's grid; the hook runs once per step (Heun: on the
+    step's first estimate, not on the correction) and again after reset()."""
+    from vscene_engine.compose import ComposedDenoiser, KarrasSigmas, sample_heun
+
+    w = WeightSchedule("logistic", s0=0.4, view_weights=[1.0, 0.7, 0.9])
+    seen = []
+
+    def hook(step, n, level, x0):
+        seen.append(step)
+        return x0 * 0.9
+
+    noise = _noise(8, dtype=torch.float64)
+    ref = _run(noise, sampler="heun", steps=4, weights=w, x0_hook=hook)
+    assert seen == [0, 1, 2, 3]
+    model = ComposedDenoiser(row_nl, col_nl, w.row_weights(4, V), row_cond=torch.arange(V),
+                             col_cond=torch.arange(F), x0_hook=hook)
+    sig = KarrasSigmas().sigmas(4)
+    for _ in range(2):
+        seen.clear()
+        out = sample_heun(model, noise * float(sig[0]), sig)
+        assert torch.equal(out, ref.samples) and seen == [0, 1, 2, 3]
+        assert model.stats["row_fn"] == ref.info["row_calls"]
+        model.reset()

@@ -9,6 +9,7 @@ from test_host_fallback import PACK, _load_host
 
 host = _load_host()
 compose_nodes = importlib.import_module(PACK + ".nodes.compose_nodes")
+guider = importlib.import_module(PACK + ".nodes.guider")
 
 
 def _raw(t, **extra):
@@ -18,11 +19,11 @@ def _raw(t, **extra):
 def test_split_conds_shared_and_per_item():
     V, F = 3, 4
     shared = {"positive": [_raw(torch.randn(1, 7, 5), fps=6)], "negative": None}
-    assert host._split_conds(shared, V, "video", "views", F) is None
+    assert guider._split_conds(shared, V, "video", "views", F) is None
     t = torch.randn(V, 7, 5)
     concat = torch.randn(1, 4, 2, 2)
     per = {"positive": [_raw(t, concat_latent_image=concat, elevation=[1.0] * F)], "negative": None}
-    items = host._split_conds(per, V, "video", "views", F)
+    items = guider._split_conds(per, V, "video", "views", F)
     assert len(items) == V
     for v, it in enumerate(items):
         c = it["positive"][0]
@@ -36,9 +37,9 @@ def test_split_conds_shared_and_per_item():
 def test_split_conds_refuses_other_batches():
     V, F = 2, 3
     with pytest.raises(ValueError, match=r"batch \[3\].*one per view.*other model"):
-        host._split_conds({"positive": [_raw(torch.randn(F, 7, 5))]}, V, "video", "views", F)
+        guider._split_conds({"positive": [_raw(torch.randn(F, 7, 5))]}, V, "video", "views", F)
     with pytest.raises(ValueError, match=r"batch \[5\]: give batch 1 .* or 3 \(one per frame"):
-        host._split_conds({"positive": [_raw(torch.randn(5, 7, 5))]}, F, "multi-view", "frames", V)
+        guider._split_conds({"positive": [_raw(torch.randn(5, 7, 5))]}, F, "multi-view", "frames", V)
 
 
 def test_guider_node_3d_aware_needs_vae_and_trajectory():

@@ -341,14 +341,6 @@ def test_describe():
     assert d["host_available"] is False and d["splat_class"].endswith("LocalSPLAT")
 
 
-def test_compose_guider_needs_the_host():
-    host = _load_host()
-    if host.HOST_AVAILABLE:
-        pytest.skip("ComfyUI importable here")
-    with pytest.raises(RuntimeError, match="inside ComfyUI"):
-        host.make_compose_guider(None, None, 2, 3, {}, {}, 1.0, 1.0, {"kind": "constant"})
-
-
 def test_scene_to_splat_caps_sh_degree_for_core_viewers():
     from vscene_engine.gaussians import GaussianScene
 

@@ -1,8 +1,15 @@
 """Diffusion² score composition: sample a V x F grid of latents with a video model and a multi-view model.
 
-Entry point: :func:`compose_sample`. One denoising step of the composition is :func:`compose_x0` (what a host's
-guider calls when the host's own sampler does the stepping); the weight schedules are :func:`schedule_values` and
-:func:`orbit_view_weights`; the EDM noise levels are :func:`sigmas_karras`.
+Entry point: :func:`compose_sample` (thin: builds the pieces below and runs one sampler). In the k-diffusion shape:
+
+- the denoiser: :class:`ComposedDenoiser` ``model(x [V, F, C, H, W], level, step) -> x0``: the two models (plus an
+  optional single-image model), the video weight of each step and view, the known (conditioning) entries and the
+  optional 3D-aware x0 hook. A host guider wraps the same object (nodes/guider.py); :func:`compose_x0` is one call.
+- the samplers: :func:`sample_euler`, :func:`sample_heun` (EDM sigmas, :func:`sigmas_karras`) and
+  :func:`sample_ddim` (:func:`ddim_steps` of a ``schedule.NoiseSchedule``), each ``(model, x, levels, callback)``.
+- the configuration: :class:`WeightSchedule` (s(i) by :func:`schedule_values`, per-view weights
+  :func:`orbit_view_weights`, :func:`composition_weights`), :class:`KarrasSigmas`, :class:`GridConditioning`,
+  :class:`Batching`.
 
 The grid (Diffusion², fudan-zvg/diffusion-square, ``main.py::parallel_denoising_ddp``)::
 
@@ -15,7 +22,7 @@ The grid (Diffusion², fudan-zvg/diffusion-square, ``main.py::parallel_denoising
 
 Denoisers are in x0-prediction form. ``level`` is a Python float sigma for the EDM samplers ("euler", "heun": the
 model input is x = x0 + sigma * eps) and a Python int timestep for "ddim" (x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
-over ``leap.alphas_cumprod(scheduler_config)``). ``cond`` is the per-row / per-column / per-image conditioning the
+over the ``schedule.NoiseSchedule``'s alphas_cumprod). ``cond`` is the per-row / per-column / per-image conditioning the
 caller gave (``row_cond`` / ``col_cond`` / ``ind_cond``) restricted to the B items of the call: a tensor or list with
 one entry per view (rows), per frame (columns) or per image (V * F, view-major), or a callable receiving the
 LongTensor of indices; None stays None.
@@ -61,10 +68,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .leap import alphas_cumprod, teacher_timesteps
+from .schedule import NoiseSchedule
 
 __all__ = ["ComposeResult", "SCHEDULE_KINDS", "SAMPLERS", "schedule_values", "sigmas_karras", "orbit_view_weights",
-           "composition_weights", "step_index", "compose_x0", "compose_sample"]
+           "composition_weights", "step_index", "WeightSchedule", "KarrasSigmas", "Batching", "GridConditioning",
+           "KnownGrid", "ComposedDenoiser", "compose_x0", "to_d", "sample_euler", "sample_heun", "DDIMSteps",
+           "ddim_steps", "sample_ddim", "compose_sample", "orbit_cameras", "grid_select"]
 
 SCHEDULE_KINDS = ("constant", "linear", "cosine", "logistic")
 SAMPLERS = ("euler", "heun", "ddim")
@@ -319,80 +328,424 @@ def _evaluate(fn: Denoiser, name: str, items: list[int], gather: Callable[[list[
     return torch.cat(full, 0)
 
 
+# =========================================================================================== configuration
+@dataclass(frozen=True)
+class WeightSchedule:
+    """How the two models are mixed at step i of n: the multi-view weight s(i) (:func:`schedule_values` of ``kind``
+    with s0 / s1 / k / s_min / s_max; default constant 0.6, the release's) and the per-view video weights w_v
+    (``view_weights`` [V] in [0, 1], None = 1) and ``row_only_from`` of :func:`composition_weights`."""
+
+    kind: str = "constant"
+    s0: float = 0.6
+    s1: float | None = None
+    k: float = 15.0
+    s_min: float = 0.0
+    s_max: float = 1.0
+    view_weights: Any = None
+    row_only_from: float | None = None
+
+    def values(self, n: int) -> torch.Tensor:
+        """s(i) for each of the n steps -> float64 [n] (validated: clear ValueError)."""
+        return schedule_values(self.kind, n, s0=self.s0, s1=self.s1, k=self.k, s_min=self.s_min, s_max=self.s_max)
+
+    def row_weights(self, n: int, views: int) -> torch.Tensor:
+        """Video-model weight r per step and view -> float64 [n, V] (the multi-view weight is 1 - r)."""
+        return composition_weights(self.values(n), self.view_weights, self.row_only_from, views)
+
+    def reported(self, n: int) -> torch.Tensor:
+        """s per step as used: 0 on the row-only steps -> float64 [n]."""
+        return self.values(n).masked_fill(_row_only_steps(n, self.row_only_from), 0.0)
+
+
+@dataclass(frozen=True)
+class KarrasSigmas:
+    """The EDM noise levels of the "euler" / "heun" samplers (:func:`sigmas_karras`; SVD / SV3D: sigma_max 700)."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+    def sigmas(self, n: int) -> torch.Tensor:
+        """float64 [n + 1], sigma_max down to sigma_min, then 0."""
+        return sigmas_karras(n, self.sigma_min, self.sigma_max, self.rho)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Memory and work split of the denoiser calls: ``batch`` rows (views) per call, ``col_batch`` columns (frames)
+    per call (None = ``batch``), single images ``batch * F`` per call; ``distributed`` None = shard over
+    torch.distributed when it is initialised with world size > 1, False = never, True = required; ``group`` its
+    process group. The result does not depend on any of these."""
+
+    batch: int = 1
+    col_batch: int | None = None
+    distributed: bool | None = None
+    group: Any = None
+
+    def sizes(self) -> tuple[int, int]:
+        """(row batch, column batch), validated."""
+        b = _check_batch(self.batch, "batch")
+        return b, _check_batch(b if self.col_batch is None else self.col_batch, "col_batch")
+
+
+@dataclass(frozen=True)
+class GridConditioning:
+    """Known images of the grid, replacement ("inpainting") style (module docstring): ``cond_row`` [F, C, H, W] =
+    view ``cond_row_index`` over all frames, ``cond_col`` [V, C, H, W] = frame ``cond_col_index`` from all views."""
+
+    cond_row: torch.Tensor | None = None
+    cond_row_index: int = 0
+    cond_col: torch.Tensor | None = None
+    cond_col_index: int = 0
+
+    def known(self, noise: torch.Tensor) -> "KnownGrid | None":
+        """The known entries of the grid shaped like ``noise`` [V, F, C, H, W] (None without conditioning)."""
+        V, Fr = int(noise.shape[0]), int(noise.shape[1])
+        mv = _known_grid(V, Fr, noise, self.cond_row, self.cond_row_index, self.cond_col, self.cond_col_index)
+        return None if mv is None else KnownGrid(mv[0], mv[1], noise)
+
+
+@dataclass
+class KnownGrid:
+    """mask [V, F] bool, values [V, F, C, H, W] (the known clean images), noise [V, F, C, H, W] (the sampler's
+    initial standard-normal noise, None where only x0 is clamped)."""
+
+    mask: torch.Tensor
+    values: torch.Tensor
+    noise: torch.Tensor | None = None
+
+    def _m(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask.to(x.device).reshape(int(self.mask.shape[0]), int(self.mask.shape[1]), 1, 1, 1)
+
+    def renoise(self, x: torch.Tensor, alpha, beta) -> torch.Tensor:
+        """x with the known entries at the forward-process value alpha * value + beta * noise."""
+        return torch.where(self._m(x), alpha * self.values + beta * self.noise, x)
+
+    def clamp_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 with the known entries set to their values."""
+        return torch.where(self._m(x0), self.values.to(device=x0.device, dtype=x0.dtype), x0)
+
+
+# =========================================================================================== the composed denoiser
+class ComposedDenoiser:
+    """The Diffusion² denoiser of a V x F grid: ``model(x [V, F, C, H, W], level, step) -> x0 [V, F, C, H, W]``.
+
+    Holds the row (video), column (multi-view) and optional single-image denoisers with their per-item conditioning
+    (module docstring), the video weight of each step and view ``row_weights`` [n, V] (:meth:`WeightSchedule.
+    row_weights`; ignored in the exact form, ``ind_fn`` given: x0 = row + col - ind), the known entries
+    (:class:`KnownGrid`: x0 clamped to them; samplers re-noise x with :meth:`renoise_known`), the optional 3D-aware
+    hook and the work split (:class:`Batching`). ``step`` is the 0-based step whose weights apply; the hook runs on
+    the FIRST call of each step (a second-order sampler's correction is left alone) and must be reset with
+    :meth:`reset` before another sampling run. ``interrupt()`` is checked before every call: it may raise or return
+    True (InterruptedError). ``stats`` counts the calls of each model ("row_fn", "col_fn", "ind_fn").
+    """
+
+    def __init__(self, row_fn: Denoiser | None, col_fn: Denoiser | None, row_weights: torch.Tensor, *,
+                 ind_fn: Denoiser | None = None, row_cond=None, col_cond=None, ind_cond=None,
+                 known: KnownGrid | None = None, x0_hook: Callable | None = None,
+                 batching: Batching = Batching(), interrupt: Callable[[], Any] | None = None):
+        self.row_fn, self.col_fn, self.ind_fn = row_fn, col_fn, ind_fn
+        self.row_cond, self.col_cond, self.ind_cond = row_cond, col_cond, ind_cond
+        self.row_weights = torch.as_tensor(row_weights, dtype=torch.float64).cpu()
+        if self.row_weights.ndim != 2 or not bool(((self.row_weights >= 0) & (self.row_weights <= 1)).all()):
+            raise ValueError(f"row_weights must be [n steps, V views] numbers in [0, 1], got shape "
+                             f"{tuple(self.row_weights.shape)}")
+        self.known, self.x0_hook, self.interrupt = known, x0_hook, interrupt
+        self.batch, self.col_batch = batching.sizes()
+        self.group = batching.group
+        self.rank, self.world = _dist_ctx(batching.distributed, batching.group)
+        self.stats: dict = {}
+        self._hooked: set = set()
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.row_weights.shape[0])
+
+    @property
+    def exact(self) -> bool:
+        return self.ind_fn is not None
+
+    def reset(self) -> None:
+        """Forget which steps the hook has seen and the call counts (a new sampling run)."""
+        self._hooked, self.stats = set(), {}
+
+    def __call__(self, x: torch.Tensor, level, step: int) -> torch.Tensor:
+        if self.interrupt is not None and self.interrupt():
+            raise InterruptedError("composition sampling interrupted")
+        x0 = self.x0(x, level, None if self.exact else self.row_weights[min(int(step), self.n_steps - 1)])
+        if self.x0_hook is not None and int(step) not in self._hooked:
+            self._hooked.add(int(step))
+            x0 = _apply_x0_hook(self.x0_hook, x0, int(step), self.n_steps, level, self.known, self.rank,
+                                self.world, self.group)
+        return x0
+
+    def renoise_known(self, x: torch.Tensor, alpha, beta) -> torch.Tensor:
+        """x with the known entries at alpha * value + beta * noise (x itself without conditioning)."""
+        return x if self.known is None else self.known.renoise(x, alpha, beta)
+
+    def x0(self, x: torch.Tensor, level, r: torch.Tensor | None) -> torch.Tensor:
+        """One composed x0 of the grid x [V, F, C, H, W]: r_v row + (1 - r_v) col with r [V] the video weights, or
+        row + col - ind (r None, the exact form). A model whose weight is 0 everywhere is not called; rows /
+        columns / images that are entirely known are not evaluated."""
+        V, Fr = _check_grid(x, "x")
+        mask = None if self.known is None else self.known.mask
+        need_rows = r is None or bool((r > 0).any())
+        need_cols = r is None or bool((r < 1).any())
+        if need_rows and self.row_fn is None:
+            raise ValueError("this step needs the video (row) model but row_fn is None")
+        if need_cols and self.col_fn is None:
+            raise ValueError("this step needs the multi-view (column) model but col_fn is None")
+        if need_rows and need_cols and (V < 2 or Fr < 2):
+            raise ValueError(f"composing the video and multi-view models needs V >= 2 views and F >= 2 frames, got "
+                             f"V = {V}, F = {Fr}; with one view use s = 0 (video model only), with one frame s = 1 "
+                             "(multi-view model only)")
+        rows = [v for v in range(V) if mask is None or not bool(mask[v].all())] if need_rows else []
+        cols = [f for f in range(Fr) if mask is None or not bool(mask[:, f].all())] if need_cols else []
+        dist = (self.rank, self.world, self.group, self.stats)
+        zero = torch.zeros_like(x)
+        R = zero.clone()
+        if rows:
+            R[rows] = _evaluate(self.row_fn, "row_fn", rows, lambda ix: x[ix], level, self.row_cond, V, "row_cond",
+                                self.batch, *dist)
+        C = zero.clone()
+        if cols:
+            Cc = _evaluate(self.col_fn, "col_fn", cols, lambda ix: x[:, ix].transpose(0, 1), level, self.col_cond,
+                           Fr, "col_cond", self.col_batch, *dist)
+            C[:, cols] = Cc.transpose(0, 1)
+        if r is None:
+            elems = [v * Fr + f for v in range(V) for f in range(Fr) if mask is None or not bool(mask[v, f])]
+            flat = x.reshape((V * Fr,) + tuple(x.shape[2:]))
+            Ie = zero.reshape(flat.shape).clone()
+            if elems:
+                Ie[elems] = _evaluate(self.ind_fn, "ind_fn", elems, lambda ix: flat[ix], level, self.ind_cond,
+                                      V * Fr, "ind_cond", self.batch * Fr, *dist)
+            x0 = R + C - Ie.reshape(x.shape)
+        else:
+            rw = r.to(device=x.device, dtype=x.dtype).reshape(V, 1, 1, 1, 1)
+            x0 = rw * R + (1 - rw) * C
+        return x0 if self.known is None else self.known.clamp_x0(x0)
+
+
 def compose_x0(x: torch.Tensor, level, row_fn: Denoiser | None, col_fn: Denoiser | None, s: float = 0.6, *,
                view_weights=None, ind_fn: Denoiser | None = None, row_cond=None, col_cond=None, ind_cond=None,
-               known: tuple[torch.Tensor, torch.Tensor] | None = None, batch: int = 1, col_batch: int | None = None,
-               distributed: bool | None = None, group=None, stats: dict | None = None,
+               known: tuple[torch.Tensor, torch.Tensor] | None = None, batching: Batching = Batching(),
                row_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """One composed x0 estimate of the grid x [V, F, C, H, W] at ``level`` (sigma or timestep) -> [V, F, C, H, W].
+    """One composed x0 estimate of the grid x [V, F, C, H, W] at ``level`` (sigma or timestep) -> [V, F, C, H, W]
+    (a one-step :class:`ComposedDenoiser`).
 
     Without ``ind_fn``: x0 = r_v row + (1 - r_v) col with r_v = w_v (1 - s) (w = ``view_weights`` [V], default 1).
-    ``row_weight`` [V] gives r directly (e.g. a row of :func:`composition_weights`; s and view_weights are then
-    unused). With ``ind_fn``: x0 = row + col - ind (Theorem 3.1; s unused). A model whose weight is 0
-    everywhere is not called. ``known`` = (mask [V, F] bool, values [V, F, C, H, W]): x0 is set to the values where
-    mask is true and rows / columns that are entirely known are not evaluated. ``stats`` (a dict) counts the calls.
+    ``row_weight`` [V] gives r directly (s and view_weights are then unused). With ``ind_fn``: x0 = row + col - ind
+    (Theorem 3.1; s unused). ``known`` = (mask [V, F] bool, values [V, F, C, H, W]): x0 is set to the values where
+    mask is true and rows / columns that are entirely known are not evaluated.
     """
     V, Fr = _check_grid(x, "x")
-    batch = _check_batch(batch, "batch")
-    col_batch = _check_batch(batch if col_batch is None else col_batch, "col_batch")
-    rank, world = _dist_ctx(distributed, group)
     if ind_fn is not None:
         if view_weights is not None:
             raise ValueError("view_weights apply to the convex combination only; the exact form (ind_fn) has none")
-        r = None
+        r = torch.zeros(1, V, dtype=torch.float64)
     elif row_weight is not None:
-        r = torch.as_tensor(row_weight, dtype=torch.float64).reshape(-1).cpu()
+        r = torch.as_tensor(row_weight, dtype=torch.float64).reshape(1, -1).cpu()
         if r.numel() != V or not bool(((r >= 0) & (r <= 1)).all()):
-            raise ValueError(f"row_weight must hold V = {V} numbers in [0, 1], got {r.tolist()}")
+            raise ValueError(f"row_weight must hold V = {V} numbers in [0, 1], got {r.reshape(-1).tolist()}")
     else:
-        r = composition_weights(torch.tensor([_check_unit("s", s)]), view_weights, None, V)[0]
-    mask = None
+        r = WeightSchedule(s0=_check_unit("s", s), view_weights=view_weights).row_weights(1, V)
+    grid = None
     if known is not None:
         mask, values = known
         mask = mask.to(torch.bool).cpu()
         if tuple(mask.shape) != (V, Fr) or tuple(values.shape) != tuple(x.shape):
             raise ValueError(f"known must be (mask [V, F] = {(V, Fr)}, values {tuple(x.shape)}), got "
                              f"({tuple(mask.shape)}, {tuple(values.shape)})")
-    need_rows = ind_fn is not None or bool((r > 0).any())
-    need_cols = ind_fn is not None or bool((r < 1).any())
-    if need_rows and row_fn is None:
-        raise ValueError("this step needs the video (row) model but row_fn is None")
-    if need_cols and col_fn is None:
-        raise ValueError("this step needs the multi-view (column) model but col_fn is None")
-    if need_rows and need_cols and (V < 2 or Fr < 2):
-        raise ValueError(f"composing the video and multi-view models needs V >= 2 views and F >= 2 frames, got "
-                         f"V = {V}, F = {Fr}; with one view use s = 0 (video model only), with one frame s = 1 "
-                         "(multi-view model only)")
-    rows = [v for v in range(V) if mask is None or not bool(mask[v].all())] if need_rows else []
-    cols = [f for f in range(Fr) if mask is None or not bool(mask[:, f].all())] if need_cols else []
-    zero = torch.zeros_like(x)
-    R = zero.clone()
-    if rows:
-        R[rows] = _evaluate(row_fn, "row_fn", rows, lambda ix: x[ix], level, row_cond, V, "row_cond", batch,
-                            rank, world, group, stats)
-    C = zero.clone()
-    if cols:
-        Cc = _evaluate(col_fn, "col_fn", cols, lambda ix: x[:, ix].transpose(0, 1), level, col_cond, Fr,
-                       "col_cond", col_batch, rank, world, group, stats)
-        C[:, cols] = Cc.transpose(0, 1)
+        grid = KnownGrid(mask, values)
+    model = ComposedDenoiser(row_fn, col_fn, r, ind_fn=ind_fn, row_cond=row_cond, col_cond=col_cond,
+                             ind_cond=ind_cond, known=grid, batching=batching)
+    return model(x, level, 0)
+
+
+# =========================================================================================== samplers
+def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
+    """The EDM probability-flow ODE's derivative dx/dsigma = (x - x0) / sigma."""
+    return (x - denoised) / sigma
+
+
+def _notify(callback, x, i, level, denoised) -> None:
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": level, "denoised": denoised})
+
+
+@torch.no_grad()
+def sample_euler(model, x: torch.Tensor, sigmas, callback: Callable | None = None) -> torch.Tensor:
+    """Euler's method on the EDM probability-flow ODE (Karras et al. 2022, Algorithm 1 without the 2nd-order step).
+
+    model(x, sigma, step) -> x0 with ``renoise_known(x, alpha, beta)`` (:class:`ComposedDenoiser`); x [V, F, C, H, W]
+    starts at sigmas[0] * noise; sigmas: the n + 1 levels (last 0); callback({"x", "i", "sigma", "denoised"}) after
+    each step. Returns x at sigmas[-1]."""
+    sig = [float(v) for v in sigmas]
+    x = model.renoise_known(x, 1.0, sig[0])
+    for i in range(len(sig) - 1):
+        denoised = model(x, sig[i], i)
+        x = model.renoise_known(x + (sig[i + 1] - sig[i]) * to_d(x, sig[i], denoised), 1.0, sig[i + 1])
+        _notify(callback, x, i, sig[i], denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(model, x: torch.Tensor, sigmas, callback: Callable | None = None) -> torch.Tensor:
+    """Heun's 2nd-order method on the EDM probability-flow ODE (Karras et al. 2022, Algorithm 1, no churn): Euler
+    into sigma_{i+1}, then the mean of both slopes (Euler into sigma = 0). Same arguments as :func:`sample_euler`;
+    the correction evaluates the model with the step's own weights (step i)."""
+    sig = [float(v) for v in sigmas]
+    x = model.renoise_known(x, 1.0, sig[0])
+    for i in range(len(sig) - 1):
+        s_i, s_n = sig[i], sig[i + 1]
+        denoised = model(x, s_i, i)
+        d = to_d(x, s_i, denoised)
+        x_next = x + (s_n - s_i) * d
+        if s_n > 0:
+            x_next = model.renoise_known(x_next, 1.0, s_n)
+            d2 = to_d(x_next, s_n, model(x_next, s_n, i))
+            x_next = x + (s_n - s_i) * (d + d2) / 2
+        x = model.renoise_known(x_next, 1.0, s_n)
+        _notify(callback, x, i, s_i, denoised)
+    return x
+
+
+@dataclass(frozen=True)
+class DDIMSteps:
+    """The levels of a DDIM run: ``timesteps`` [n] (descending ints), ``alpha`` [n] = a_t = ᾱ[t] and ``alpha_prev``
+    [n] = the ᾱ each step goes to (diffusers: ᾱ[t - N // n], past the end 1 or ᾱ[0]); Python floats."""
+
+    timesteps: list
+    alpha: list
+    alpha_prev: list
+
+
+def ddim_steps(steps: int, schedule: NoiseSchedule | None = None) -> DDIMSteps:
+    """The DDIM levels of ``steps`` steps of a :class:`schedule.NoiseSchedule` (None: CogVideoX-5B's, trailing
+    timesteps) - the only schedule math of this module."""
+    sched = schedule if schedule is not None else _cogvideox_schedule()
+    ts = sched.timesteps(steps)
+    return DDIMSteps(timesteps=[int(t) for t in ts], alpha=[float(sched.alpha_bar(t)) for t in ts],
+                     alpha_prev=[float(sched.prev_alpha_bar(t, steps)) for t in ts])
+
+
+def _cogvideox_schedule() -> NoiseSchedule:
+    from .cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG
+    return NoiseSchedule.from_config(COGVIDEOX_5B_SCHEDULER_CONFIG)
+
+
+@torch.no_grad()
+def sample_ddim(model, x: torch.Tensor, levels: DDIMSteps, callback: Callable | None = None) -> torch.Tensor:
+    """DDIM with eta = 0 (Song et al. 2021, eq. 12) from the model's x0: eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t),
+    x_prev = sqrt(a_p) x0 + sqrt(1 - a_p) eps = c x_t + (sqrt(a_p) - sqrt(a_t) c) x0, c = sqrt((1 - a_p) / (1 - a_t))
+    (diffusers' ``step``). model as :func:`sample_euler` (called with the int timestep); x [V, F, C, H, W] starts
+    at the noise; levels: :func:`ddim_steps`. Returns x at the last alpha_prev."""
+    a0 = levels.alpha[0]
+    x = model.renoise_known(x, a0 ** 0.5, (1 - a0) ** 0.5)
+    for i, t in enumerate(levels.timesteps):
+        a_t, a_p = levels.alpha[i], levels.alpha_prev[i]
+        denoised = model(x, int(t), i)
+        c = ((1 - a_p) / (1 - a_t)) ** 0.5
+        x = model.renoise_known(c * x + (a_p ** 0.5 - a_t ** 0.5 * c) * denoised, a_p ** 0.5, (1 - a_p) ** 0.5)
+        _notify(callback, x, i, int(t), denoised)
+    return x
+
+
+_SAMPLE_FNS = {"euler": sample_euler, "heun": sample_heun, "ddim": sample_ddim}
+
+
+# =========================================================================================== entry point
+def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoiser | None, *,
+                   ind_fn: Denoiser | None = None, sampler: str = "euler", steps: int = 25,
+                   weights: WeightSchedule = WeightSchedule(), sigmas: KarrasSigmas = KarrasSigmas(),
+                   schedule: NoiseSchedule | None = None, conditioning: GridConditioning | None = None,
+                   row_cond=None, col_cond=None, ind_cond=None, batching: Batching = Batching(),
+                   progress: Callable[[int, int], None] | None = None, interrupt: Callable[[], Any] | None = None,
+                   x0_hook: Callable | None = None) -> ComposeResult:
+    """Sample the V x F grid by composing a video model (rows) and a multi-view model (columns).
+
+    noise [V, F, C, H, W]: standard normal noise (the grid's shape, dtype and device; EDM starts at sigma_max * noise,
+    DDIM at noise). sampler: "euler" / "heun" (:func:`sample_euler` / :func:`sample_heun` over ``sigmas``'
+    :func:`sigmas_karras` levels) or "ddim" (:func:`sample_ddim` over ``schedule``, a :class:`schedule.NoiseSchedule`,
+    default the CogVideoX-5B one with trailing timesteps, so s = 0 with a CogVideoX row model follows
+    ``leap.teacher_sample``'s DDIM arithmetic). ``weights``: the mixing of the two models per step and view
+    (:class:`WeightSchedule`, default constant s = 0.6 as released); with ``ind_fn`` the exact Theorem 3.1 form
+    row + col - ind is used instead (``weights`` then must not carry view_weights / row_only_from).
+    ``conditioning``: known images (:class:`GridConditioning`), clamped every step; ``row_cond`` / ``col_cond`` /
+    ``ind_cond`` are handed to the denoisers (module docstring); ``batching``: :class:`Batching`.
+    ``progress(i, n)`` is called after step i (1-based); ``interrupt()`` before each model evaluation: it may raise
+    (a host's cancel exception) or return True, which raises InterruptedError.
+
+    x0_hook(step, n_steps, level, x0_flat) -> x0_flat' (optional, e.g. ``aware3d.make_3d_aware_hook``): called once
+    per step (0-based index; level = the step's sigma or timestep) on the composed x0 grid flattened view-major,
+    ``x0_flat [V * F, C, H, W]`` with item v * F + f = view v, frame f (the ComfyUI latent-batch order, so the hook's
+    cameras / decoded frames follow it), before the sampler update, which then uses the returned x0; known
+    (conditioning) entries are clamped again afterwards. Heun: applied to the step's first x0 estimate only.
+    World size R > 1: only rank 0 runs the hook and its result is broadcast (a hook with ``selects(step, n_steps)``
+    skips the broadcast on the steps it leaves alone). None: unchanged sampler.
+    """
+    t_start = time.perf_counter()
+    # 1. check the inputs
+    V, Fr = _check_grid(noise, "noise")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    steps = _check_batch(steps, "steps")
+    batching.sizes()
+    # 2. the weights of each step and view
+    s = weights.values(steps)
     if ind_fn is not None:
-        elems = [v * Fr + f for v in range(V) for f in range(Fr) if mask is None or not bool(mask[v, f])]
-        flat = x.reshape((V * Fr,) + tuple(x.shape[2:]))
-        Ie = zero.reshape(flat.shape).clone()
-        if elems:
-            Ie[elems] = _evaluate(ind_fn, "ind_fn", elems, lambda ix: flat[ix], level, ind_cond, V * Fr,
-                                  "ind_cond", batch * Fr, rank, world, group, stats)
-        x0 = R + C - Ie.reshape(x.shape)
+        if weights.view_weights is not None or weights.row_only_from is not None:
+            raise ValueError("view_weights / row_only_from apply to the convex combination only; the exact form "
+                             "(ind_fn) has neither")
+        if row_fn is None or col_fn is None:
+            raise ValueError("the exact form (ind_fn) needs row_fn and col_fn too")
+        rw = torch.zeros(steps, V, dtype=torch.float64)
     else:
-        rw = r.to(device=x.device, dtype=x.dtype).reshape(V, 1, 1, 1, 1)
-        x0 = rw * R + (1 - rw) * C
-    if mask is not None:
-        m = mask.to(x.device).reshape(V, Fr, 1, 1, 1)
-        x0 = torch.where(m, values.to(device=x.device, dtype=x.dtype), x0)
-    return x0
+        rw = weights.row_weights(steps, V)
+    _check_composable(rw, ind_fn is not None, V, Fr)
+    # 3. the composed denoiser
+    known = None if conditioning is None else conditioning.known(noise)
+    model = ComposedDenoiser(row_fn, col_fn, rw, ind_fn=ind_fn, row_cond=row_cond, col_cond=col_cond,
+                             ind_cond=ind_cond, known=known, x0_hook=x0_hook, interrupt=interrupt,
+                             batching=batching)
+    if model.world > 1:
+        _check_same_noise(noise, model.rank, model.world, batching.group)
+    # 4. the levels and the sampling loop
+    if sampler == "ddim":
+        lv = ddim_steps(steps, schedule)
+        levels: list = list(lv.timesteps)
+        x = noise.clone()
+    else:
+        lv = sigmas.sigmas(steps)
+        levels = [float(v) for v in lv]
+        x = noise * levels[0]
+    x = _SAMPLE_FNS[sampler](model, x, lv, callback=None if progress is None else
+                             (lambda d: progress(d["i"] + 1, steps)))
+    # 5. the known entries exactly, and the report
+    if known is not None:
+        x = known.clamp_x0(x)
+    s_out = torch.full_like(s, float("nan")) if ind_fn is not None else weights.reported(steps)
+    info = {"sampler": sampler, "steps": steps, "row_calls": model.stats.get("row_fn", 0),
+            "col_calls": model.stats.get("col_fn", 0), "ind_calls": model.stats.get("ind_fn", 0),
+            "world_size": model.world, "rank": model.rank, "exact_form": ind_fn is not None,
+            "seconds": time.perf_counter() - t_start}
+    return ComposeResult(samples=x, s=s_out, row_weights=rw, levels=levels, info=info)
 
 
-# =========================================================================================== sampler
+def _check_composable(rw: torch.Tensor, exact: bool, V: int, Fr: int) -> None:
+    """Composing both models (some step mixes them, or the exact form) needs V >= 2 and F >= 2."""
+    if not exact:
+        both = bool(((rw > 0).any(dim=1) & (rw < 1).any(dim=1)).any())
+        if both and (V < 2 or Fr < 2):
+            raise ValueError(f"composing the video and multi-view models needs V >= 2 views and F >= 2 frames, got "
+                             f"V = {V}, F = {Fr}; with one view use s0 = 0 (video model only), with one frame "
+                             "s0 = 1 (multi-view model only)")
+    elif V < 2 or Fr < 2:
+        raise ValueError(f"the exact form (ind_fn) composes rows and columns and needs V >= 2 and F >= 2, got "
+                         f"V = {V}, F = {Fr}")
+
+
+# =========================================================================================== helpers of the above
 def _known_grid(V: int, Fr: int, like: torch.Tensor, cond_row, cond_row_index: int, cond_col,
                 cond_col_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(mask [V, F], values [V, F, C, H, W]) from the conditioning row / column, or None."""
@@ -429,8 +782,8 @@ def _known_grid(V: int, Fr: int, like: torch.Tensor, cond_row, cond_row_index: i
     return mask, values
 
 
-def _apply_x0_hook(hook, x0: torch.Tensor, i: int, steps: int, level, known, rank: int, world: int,
-                   group) -> torch.Tensor:
+def _apply_x0_hook(hook, x0: torch.Tensor, i: int, steps: int, level, known: KnownGrid | None, rank: int,
+                   world: int, group) -> torch.Tensor:
     """hook(i, steps, level, x0 flattened view-major [V*F, C, H, W]) -> grid [V, F, C, H, W], known entries
     clamped; with world > 1 rank 0 runs the hook and broadcasts."""
     V, Fr = int(x0.shape[0]), int(x0.shape[1])
@@ -453,159 +806,8 @@ def _apply_x0_hook(hook, x0: torch.Tensor, i: int, steps: int, level, known, ran
         torch.distributed.broadcast(out, src=torch.distributed.get_global_rank(group, 0) if group is not None
                                     else 0, group=group)
     out = out.reshape(x0.shape)
-    if known is not None:
-        m = known[0].to(x0.device).reshape(V, Fr, 1, 1, 1)
-        out = torch.where(m, known[1].to(device=x0.device, dtype=x0.dtype), out)
-    return out
+    return out if known is None else known.clamp_x0(out)
 
-
-def _ddim_schedule(steps: int, cfg: dict | None) -> tuple[torch.Tensor, list[int], list[float]]:
-    """(alphas_cumprod [T] float64, timesteps [n], alpha of each step's target [n]) - diffusers' DDIM convention:
-    previous timestep = t - T // n, the final one ``set_alpha_to_one`` (1) or a_0."""
-    if cfg is None:
-        from .cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG as cfg  # noqa: N811 - default CogVideoX schedule
-    cfg = dict(cfg)
-    cfg.setdefault("timestep_spacing", "trailing")
-    acp = alphas_cumprod(cfg).to(torch.float64)
-    ts = teacher_timesteps(steps, cfg)
-    stride = int(cfg.get("num_train_timesteps", 1000)) // int(steps)
-    final = 1.0 if cfg.get("set_alpha_to_one", True) else float(acp[0])
-    prev = [float(acp[t - stride]) if t - stride >= 0 else final for t in ts]
-    return acp, ts, prev
-
-
-def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoiser | None, *,
-                   sampler: str = "euler", steps: int = 25,
-                   schedule: str = "constant", s0: float = 0.6, s1: float | None = None, k: float = 15.0,
-                   s_min: float = 0.0, s_max: float = 1.0, view_weights=None, row_only_from: float | None = None,
-                   ind_fn: Denoiser | None = None,
-                   sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-                   scheduler_config: dict | None = None,
-                   cond_row: torch.Tensor | None = None, cond_row_index: int = 0,
-                   cond_col: torch.Tensor | None = None, cond_col_index: int = 0,
-                   row_cond=None, col_cond=None, ind_cond=None,
-                   batch: int = 1, col_batch: int | None = None,
-                   distributed: bool | None = None, group=None,
-                   progress: Callable[[int, int], None] | None = None,
-                   interrupt: Callable[[], Any] | None = None,
-                   x0_hook: Callable | None = None) -> ComposeResult:
-    """Sample the V x F grid by composing a video model (rows) and a multi-view model (columns).
-
-    noise [V, F, C, H, W]: standard normal noise (the grid's shape, dtype and device; EDM starts at sigma_max * noise,
-    DDIM at noise). sampler: "euler" / "heun" (EDM over :func:`sigmas_karras`, x_{i+1} = x + (sigma_{i+1} - sigma_i)
-    (x - x0) / sigma_i; Heun's 2nd-order correction except into sigma = 0) or "ddim" (eta 0 over
-    ``leap.alphas_cumprod(scheduler_config)``, default the CogVideoX-5B config with trailing timesteps; the x0 of a
-    step gives eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t) and x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, with
-    diffusers' previous timestep t - 1000 // steps, so s = 0 with a CogVideoX row model follows
-    ``leap.teacher_sample``'s DDIM arithmetic).
-    Multi-view weight per step: ``schedule_values(schedule, steps, s0=, s1=, k=, s_min=, s_max=)`` (default constant
-    0.6, the release's default), per-view weights and ``row_only_from`` as :func:`composition_weights`; with
-    ``ind_fn`` the exact Theorem 3.1 form row + col - ind is used instead. Conditioning ``cond_row`` [F, C, H, W]
-    (view ``cond_row_index``) / ``cond_col`` [V, C, H, W] (frame ``cond_col_index``) is clamped every step (module
-    docstring); ``row_cond`` / ``col_cond`` / ``ind_cond`` are handed to the denoisers. ``progress(i, n)`` is called
-    after step i (1-based), ``interrupt()`` before each step: it may raise (a host's cancel exception) or return
-    True, which raises InterruptedError. See the module docstring for batching and torch.distributed sharding.
-
-    x0_hook(step, n_steps, level, x0_flat) -> x0_flat' (optional, e.g. ``aware3d.make_3d_aware_hook``): called once
-    per step (0-based index; level = the step's sigma or timestep) on the composed x0 grid flattened view-major,
-    ``x0_flat [V * F, C, H, W]`` with item v * F + f = view v, frame f (the ComfyUI latent-batch order, so the hook's
-    cameras / decoded frames follow it), before the sampler update, which then uses the returned x0; known
-    (conditioning) entries are clamped again afterwards. Heun: applied to the step's first x0 estimate only.
-    World size R > 1: only rank 0 runs the hook and its result is broadcast (a hook with ``selects(step, n_steps)``
-    skips the broadcast on the steps it leaves alone). None: unchanged sampler.
-    """
-    t_start = time.perf_counter()
-    V, Fr = _check_grid(noise, "noise")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    steps = _check_batch(steps, "steps")
-    batch = _check_batch(batch, "batch")
-    col_batch = _check_batch(batch if col_batch is None else col_batch, "col_batch")
-    s = schedule_values(schedule, steps, s0=s0, s1=s1, k=k, s_min=s_min, s_max=s_max)
-    if ind_fn is not None:
-        if view_weights is not None or row_only_from is not None:
-            raise ValueError("view_weights / row_only_from apply to the convex combination only; the exact form "
-                             "(ind_fn) has neither")
-        if row_fn is None or col_fn is None:
-            raise ValueError("the exact form (ind_fn) needs row_fn and col_fn too")
-        rw = torch.zeros(steps, V, dtype=torch.float64)
-    else:
-        rw = composition_weights(s, view_weights, row_only_from, V)
-    if ind_fn is None:
-        both = bool(((rw > 0).any(dim=1) & (rw < 1).any(dim=1)).any())
-        if both and (V < 2 or Fr < 2):
-            raise ValueError(f"composing the video and multi-view models needs V >= 2 views and F >= 2 frames, got "
-                             f"V = {V}, F = {Fr}; with one view use s0 = 0 (video model only), with one frame "
-                             "s0 = 1 (multi-view model only)")
-    elif V < 2 or Fr < 2:
-        raise ValueError(f"the exact form (ind_fn) composes rows and columns and needs V >= 2 and F >= 2, got "
-                         f"V = {V}, F = {Fr}")
-    known = _known_grid(V, Fr, noise, cond_row, cond_row_index, cond_col, cond_col_index)
-    rank, world = _dist_ctx(distributed, group)
-    if world > 1:
-        _check_same_noise(noise, rank, world, group)
-    progress = progress or (lambda i, n: None)
-    stats: dict = {}
-
-    def x0_at(x, level, i):
-        return compose_x0(x, level, row_fn, col_fn, ind_fn=ind_fn, row_cond=row_cond, col_cond=col_cond,
-                          ind_cond=ind_cond, known=known, batch=batch, col_batch=col_batch,
-                          distributed=False if world == 1 else True, group=group, stats=stats,
-                          row_weight=None if ind_fn is not None else rw[i])
-
-    def clamp(x, a, b):
-        # known entries follow the forward process of the initial noise: a * value + b * noise
-        if known is None:
-            return x
-        m = known[0].to(x.device).reshape(V, Fr, 1, 1, 1)
-        return torch.where(m, a * known[1] + b * noise, x)
-
-    def check_interrupt():
-        if interrupt is not None and interrupt():
-            raise InterruptedError("composition sampling interrupted")
-
-    def hooked(x0, i, level):
-        if x0_hook is None:
-            return x0
-        return _apply_x0_hook(x0_hook, x0, i, steps, level, known, rank, world, group)
-
-    with torch.no_grad():
-        if sampler == "ddim":
-            acp, ts, prev = _ddim_schedule(steps, scheduler_config)
-            levels: list = list(ts)
-            x = clamp(noise.clone(), float(acp[ts[0]]) ** 0.5, (1 - float(acp[ts[0]])) ** 0.5)
-            for i, t in enumerate(ts):
-                check_interrupt()
-                a_t, a_p = float(acp[t]), prev[i]
-                x0 = hooked(x0_at(x, int(t), i), i, int(t))
-                ca = ((1 - a_p) / (1 - a_t)) ** 0.5
-                x = ca * x + (a_p ** 0.5 - a_t ** 0.5 * ca) * x0
-                x = clamp(x, a_p ** 0.5, (1 - a_p) ** 0.5)
-                progress(i + 1, steps)
-        else:
-            sig = sigmas_karras(steps, sigma_min, sigma_max, rho)
-            levels = [float(v) for v in sig]
-            x = clamp(noise * levels[0], 1.0, levels[0])
-            for i in range(steps):
-                check_interrupt()
-                s_i, s_n = levels[i], levels[i + 1]
-                x0 = hooked(x0_at(x, s_i, i), i, s_i)
-                d = (x - x0) / s_i
-                x_next = x + (s_n - s_i) * d
-                if sampler == "heun" and s_n > 0:
-                    x_next = clamp(x_next, 1.0, s_n)
-                    d2 = (x_next - x0_at(x_next, s_n, i)) / s_n
-                    x_next = x + (s_n - s_i) * (d + d2) / 2
-                x = clamp(x_next, 1.0, s_n)
-                progress(i + 1, steps)
-    if known is not None:
-        x = torch.where(known[0].to(x.device).reshape(V, Fr, 1, 1, 1), known[1], x)
-    s_out = torch.full_like(s, float("nan")) if ind_fn is not None else s.masked_fill(
-        _row_only_steps(steps, row_only_from), 0.0)
-    info = {"sampler": sampler, "steps": steps, "row_calls": stats.get("row_fn", 0),
-            "col_calls": stats.get("col_fn", 0), "ind_calls": stats.get("ind_fn", 0), "world_size": world,
-            "rank": rank, "exact_form": ind_fn is not None, "seconds": time.perf_counter() - t_start}
-    return ComposeResult(samples=x, s=s_out, row_weights=rw, levels=levels, info=info)
 
 
 # ============================================================================================ grid helpers
