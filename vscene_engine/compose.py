@@ -62,6 +62,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .leap import alphas_cumprod, teacher_timesteps
+from .runtime import Progress, as_progress
 
 __all__ = ["ComposeResult", "SCHEDULE_KINDS", "SAMPLERS", "schedule_values", "sigmas_karras", "orbit_view_weights",
            "composition_weights", "step_index", "compose_x0", "compose_sample"]
@@ -486,8 +487,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
                    row_cond=None, col_cond=None, ind_cond=None,
                    batch: int = 1, col_batch: int | None = None,
                    distributed: bool | None = None, group=None,
-                   progress: Callable[[int, int], None] | None = None,
-                   interrupt: Callable[[], Any] | None = None,
+                   progress: Progress | None = None,
                    x0_hook: Callable | None = None) -> ComposeResult:
     """Sample the V x F grid by composing a video model (rows) and a multi-view model (columns).
 
@@ -502,9 +502,9 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
     0.6, the release's default), per-view weights and ``row_only_from`` as :func:`composition_weights`; with
     ``ind_fn`` the exact Theorem 3.1 form row + col - ind is used instead. Conditioning ``cond_row`` [F, C, H, W]
     (view ``cond_row_index``) / ``cond_col`` [V, C, H, W] (frame ``cond_col_index``) is clamped every step (module
-    docstring); ``row_cond`` / ``col_cond`` / ``ind_cond`` are handed to the denoisers. ``progress(i, n)`` is called
-    after step i (1-based), ``interrupt()`` before each step: it may raise (a host's cancel exception) or return
-    True, which raises InterruptedError. See the module docstring for batching and torch.distributed sharding.
+    docstring); ``row_cond`` / ``col_cond`` / ``ind_cond`` are handed to the denoisers. ``progress`` (a
+    :class:`~vscene_engine.runtime.Progress`): ``update(i, n, stage="compose")`` after step i (1-based),
+    ``check_interrupt()`` before each step (raising aborts). See the module docstring for batching and torch.distributed sharding.
 
     x0_hook(step, n_steps, level, x0_flat) -> x0_flat' (optional, e.g. ``aware3d.make_3d_aware_hook``): called once
     per step (0-based index; level = the step's sigma or timestep) on the composed x0 grid flattened view-major,
@@ -544,7 +544,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
     rank, world = _dist_ctx(distributed, group)
     if world > 1:
         _check_same_noise(noise, rank, world, group)
-    progress = progress or (lambda i, n: None)
+    progress = as_progress(progress)
     stats: dict = {}
 
     def x0_at(x, level, i):
@@ -560,9 +560,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
         m = known[0].to(x.device).reshape(V, Fr, 1, 1, 1)
         return torch.where(m, a * known[1] + b * noise, x)
 
-    def check_interrupt():
-        if interrupt is not None and interrupt():
-            raise InterruptedError("composition sampling interrupted")
+    check_interrupt = progress.check_interrupt
 
     def hooked(x0, i, level):
         if x0_hook is None:
@@ -581,7 +579,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
                 ca = ((1 - a_p) / (1 - a_t)) ** 0.5
                 x = ca * x + (a_p ** 0.5 - a_t ** 0.5 * ca) * x0
                 x = clamp(x, a_p ** 0.5, (1 - a_p) ** 0.5)
-                progress(i + 1, steps)
+                progress.update(i + 1, steps, stage="compose")
         else:
             sig = sigmas_karras(steps, sigma_min, sigma_max, rho)
             levels = [float(v) for v in sig]
@@ -597,7 +595,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
                     d2 = (x_next - x0_at(x_next, s_n, i)) / s_n
                     x_next = x + (s_n - s_i) * (d + d2) / 2
                 x = clamp(x_next, 1.0, s_n)
-                progress(i + 1, steps)
+                progress.update(i + 1, steps, stage="compose")
     if known is not None:
         x = torch.where(known[0].to(x.device).reshape(V, Fr, 1, 1, 1), known[1], x)
     s_out = torch.full_like(s, float("nan")) if ind_fn is not None else s.masked_fill(
