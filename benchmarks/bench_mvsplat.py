@@ -12,7 +12,7 @@ one warm-up forward, then ``--runs`` timed forwards (CUDA: synchronised), median
 numbers only on a GPU.
 
 ``--fern`` (needs ``../shared/data/llff_fern``; skipped with a message otherwise): the first and the last photo with
-their true poses -> ``coarse_prior(method="mvsplat")`` (official input conventions: short side 256, centre crop,
+their true poses -> ``coarse_prior(PriorConfig(method="mvsplat"))`` (official input conventions: short side 256, centre crop,
 normalized intrinsics, near / far = the scene's LLFF bounds) and, for reference, ``method="stereo"``; both scenes are
 rendered at the 18 held-out cameras (black background) and scored by PSNR against the photos. With random weights
 the MVSplat numbers only show that the path runs end to end on real data (a SMOKE run): the real numbers come when
@@ -83,7 +83,7 @@ def time_forward(enc, device, dtype, runs):
 def fern_smoke(enc, device):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from nvs_fern import evaluate, load_fern
-    from vscene_engine.prior import coarse_prior
+    from vscene_engine.prior import PriorConfig, coarse_prior
 
     cams, imgs, names = load_fern(FERN, 504)
     ins = [0, len(names) - 1]
@@ -93,8 +93,8 @@ def fern_smoke(enc, device):
     rows = {}
     for method in ("mvsplat", "stereo"):
         t0 = time.perf_counter()
-        kw = {"mvsplat": enc, "near": near, "far": far} if method == "mvsplat" else {}
-        res = coarse_prior(imgs[ins], ic, method=method, **kw)
+        cfg = PriorConfig(method=method, near=near, far=far)  # near / far: MVSplat's range (stereo: unused)
+        res = coarse_prior(imgs[ins], ic, cfg, mvsplat=enc if method == "mvsplat" else None)
         dt = time.perf_counter() - t0
         ev = evaluate(res.scene, cams[torch.tensor(held)], imgs[held], (0.0, 0.0, 0.0))
         rows[method] = {"seconds": dt, "n_gaussians": len(res.scene), "psnr": ev["psnr"], "ssim": ev["ssim"]}

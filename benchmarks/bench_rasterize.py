@@ -93,13 +93,13 @@ def scene_lego(iters: int, res: int):
         return None
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fit_lego import load_lego, split_views
-    from vscene_engine.optimize import fit_scene
+    from vscene_engine.optimize import FitConfig, fit_scene
 
     train, held = split_views(100, 20, 4)
     cams, imgs = load_lego(DATA / "nerf_synthetic_lego", train, res)
     cams_ho, _ = load_lego(DATA / "nerf_synthetic_lego", held[:1], res)
-    fit = fit_scene(imgs, cams, n_init=3000, iters=iters, background=(1.0, 1.0, 1.0), sh_degree=1, seed=0,
-                    final_eval=False)
+    fit = fit_scene(imgs, cams, None, FitConfig(n_init=3000, iters=iters, sh_degree=1, seed=0),
+                    background=(1.0, 1.0, 1.0), final_eval=False)
     return fit.scene, cams_ho[0]
 
 

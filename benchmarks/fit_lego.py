@@ -34,8 +34,9 @@ if str(ROOT) not in sys.path:
 
 from vscene_engine.camera_formats import load_cameras  # noqa: E402
 from vscene_engine.losses import psnr, ssim  # noqa: E402
-from vscene_engine.optimize import DEFAULT_DENSIFY, fit_scene  # noqa: E402
+from vscene_engine.optimize import DEFAULT_DENSIFY, FitConfig, fit_scene  # noqa: E402
 from vscene_engine.rasterize import render  # noqa: E402
+from vscene_engine.runtime import Progress  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "nerf_synthetic_lego"
 
@@ -129,17 +130,18 @@ def main(argv=None) -> int:
                        grad_threshold=args.grad_threshold, opacity_reset_every=0, max_gaussians=args.max_gaussians)
     t_fit0 = time.perf_counter()
 
-    def progress(it, loss, _preview):
-        if it % 100 == 0 or it == iters:
-            h = hist[-1] if hist else {}
-            ev = f"  held-out PSNR {h['eval_psnr']:.2f}" if "eval_psnr" in h else ""
-            dt = time.perf_counter() - t_fit0
-            print(f"  it {it:5d}  loss {loss:.4f}  n {h.get('n_gaussians', 0):6d}  {dt:7.1f}s{ev}", flush=True)
+    class Log(Progress):
+        def update(self, it, total, *, stage=None, loss=None, preview=None):
+            if it % 100 == 0 or it == iters:
+                h = hist[-1] if hist else {}
+                ev = f"  held-out PSNR {h['eval_psnr']:.2f}" if "eval_psnr" in h else ""
+                dt = time.perf_counter() - t_fit0
+                print(f"  it {it:5d}  loss {loss:.4f}  n {h.get('n_gaussians', 0):6d}  {dt:7.1f}s{ev}", flush=True)
 
     hist = []
-    result = fit_scene(imgs_tr, cams_tr, n_init=args.n_init, init_scale=args.init_scale, iters=iters,
-                       background=(1.0, 1.0, 1.0), sh_degree=args.sh_degree, sh_every=sh_every, seed=args.seed,
-                       densify=densify, progress=progress, final_eval=False, eval_every=args.eval_every,
+    cfg = FitConfig(iters=iters, sh_degree=args.sh_degree, sh_every=sh_every, seed=args.seed, densify=densify,
+                    n_init=args.n_init, init_scale=args.init_scale, eval_every=args.eval_every)
+    result = fit_scene(imgs_tr, cams_tr, None, cfg, background=(1.0, 1.0, 1.0), progress=Log(), final_eval=False,
                        eval_images=imgs_ho, eval_cameras=cams_ho, history_out=hist)
     t_fit = time.perf_counter() - t_fit0
 

@@ -33,6 +33,7 @@ Protocol:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -50,8 +51,10 @@ if str(ROOT) not in sys.path:
 from vscene_engine.camera_formats import load_cameras  # noqa: E402
 from vscene_engine.cameras import Cameras  # noqa: E402
 from vscene_engine.losses import psnr, ssim  # noqa: E402
-from vscene_engine.optimize import DEFAULT_DENSIFY, fit_scene  # noqa: E402
-from vscene_engine.prior import coarse_prior, render_trajectory  # noqa: E402
+from vscene_engine.optimize import DEFAULT_DENSIFY, FitConfig, fit_scene  # noqa: E402
+from vscene_engine.prior import PriorConfig, coarse_prior, render_trajectory  # noqa: E402
+from vscene_engine.runtime import Progress  # noqa: E402
+from vscene_engine.stereo import StereoConfig  # noqa: E402
 from vscene_engine.trajectories import make_trajectory  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff_fern"
@@ -118,7 +121,8 @@ def main(argv=None) -> int:
                          "a 3.5-unit baseline, so it would prune the far prior Gaussians and the random init)")
     ap.add_argument("--scene-extent", type=float, default=None,
                     help="fit_scene scene_extent (means lr and densify thresholds); default: camera extent")
-    ap.add_argument("--prior", default="{}", help="JSON dict of extra coarse_prior keyword arguments")
+    ap.add_argument("--prior", default="{}", help="JSON dict of PriorConfig fields (\"stereo\": a dict of "
+                    "StereoConfig fields)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared 2-core machine more threads spin and slow down)")
@@ -137,6 +141,8 @@ def main(argv=None) -> int:
         ap.error(f"unknown variant(s) {bad}; choose from {VARIANTS}")
     torch.set_num_threads(max(1, args.threads))
     prior_kw = json.loads(args.prior)
+    prior_cfg = PriorConfig(**{k: v for k, v in prior_kw.items() if k != "stereo"},
+                            stereo=StereoConfig(**prior_kw.get("stereo", {})))
     bg = (0.0, 0.0, 0.0)
 
     t0 = time.perf_counter()
@@ -157,15 +163,16 @@ def main(argv=None) -> int:
                        max_world_scale=args.max_world_scale if args.max_world_scale is not None else 1e9)
     t_fit0 = [time.perf_counter()]
 
-    def fit_progress(it, loss, _preview):
-        if it == 1:
-            t_fit0[0] = time.perf_counter()
-        if it % 50 == 0 or it == iters:
-            print(f"    it {it:5d}/{iters}  loss {loss:.4f}  {time.perf_counter() - t_fit0[0]:7.1f}s", flush=True)
+    class FitLog(Progress):
+        def update(self, it, total, *, stage=None, loss=None, preview=None):
+            if it == 1:
+                t_fit0[0] = time.perf_counter()
+            if it % 50 == 0 or it == iters:
+                print(f"    it {it:5d}/{iters}  loss {loss:.4f}  {time.perf_counter() - t_fit0[0]:7.1f}s", flush=True)
 
-    fit_kw = dict(iters=iters, sh_degree=args.sh_degree, sh_every=max(1, iters // (args.sh_degree + 1)),
-                  background=bg, densify=densify, seed=args.seed, final_eval=False, scene_extent=args.scene_extent,
-                  progress=fit_progress)
+    fit_cfg = FitConfig(iters=iters, sh_degree=args.sh_degree, sh_every=max(1, iters // (args.sh_degree + 1)),
+                        densify=densify, seed=args.seed, scene_extent=args.scene_extent)
+    fit_kw = dict(background=bg, final_eval=False, progress=FitLog())
 
     results: dict = {}
     timings: dict = {"load_s": time.perf_counter() - t0}
@@ -175,7 +182,7 @@ def main(argv=None) -> int:
     def get_prior(fill: bool):
         if fill not in priors:
             t = time.perf_counter()
-            priors[fill] = coarse_prior(imgs_in, cams_in, **{**prior_kw, "fill_holes": fill})
+            priors[fill] = coarse_prior(imgs_in, cams_in, dataclasses.replace(prior_cfg, fill_holes=fill))
             key = "prior_fill_s" if fill else "prior_s"
             timings[key] = time.perf_counter() - t
             st = priors[fill].info["stereo"]
@@ -211,7 +218,7 @@ def main(argv=None) -> int:
             train_imgs = torch.cat([frames, imgs_in.repeat(k, 1, 1, 1)])
             train_cams = Cameras.cat([path.to(dtype=torch.float32)] + [cams_in] * k)
             t_f = time.perf_counter()
-            fit = fit_scene(train_imgs, train_cams, init=pr.scene, **fit_kw)
+            fit = fit_scene(train_imgs, train_cams, pr.scene, fit_cfg, **fit_kw)
             t_fit = time.perf_counter() - t_f
             record(key, fit.scene, {"time_s": time.perf_counter() - t, "render_path_s": t_render, "fit_s": t_fit,
                                     "path_coverage": float(cover.mean()), "train_views": len(train_cams),
@@ -219,7 +226,7 @@ def main(argv=None) -> int:
         else:  # c: random init / d: prior init, on the two photos alone
             t_f = time.perf_counter()
             init = get_prior(True).scene if key == "d" else None
-            fit = fit_scene(imgs_in, cams_in, init=init, n_init=args.n_init, **fit_kw)
+            fit = fit_scene(imgs_in, cams_in, init, dataclasses.replace(fit_cfg, n_init=args.n_init), **fit_kw)
             t_fit = time.perf_counter() - t_f
             record(key, fit.scene, {"time_s": time.perf_counter() - t, "fit_s": t_fit,
                                     "final_train_loss": fit.history[-1]["loss"]})
@@ -241,7 +248,7 @@ def main(argv=None) -> int:
         "size": [cams.width, cams.height],
         "inputs": [names[i] for i in inp],
         "heldout": [names[i] for i in held],
-        "fit": {k: v for k, v in fit_kw.items() if k != "progress"},
+        "fit": {**dataclasses.asdict(fit_cfg), "background": bg, "final_eval": False},
         "results": results,
         "timings": timings,
         "total_s": total,

@@ -212,7 +212,7 @@ def _grid_hook(aware3d: dict, V: int, F: int, guider):
     # no progress bar of its own: the sampler's bar is the node's bar; interrupts are checked every fit iteration
     return make_3d_aware_hook(decode, encode, grid_cams, aware3d.get("cfg") or Aware3DConfig(),
                               groups=grid_groups(V, F, aware3d.get("groups", "per_frame")),
-                              interrupt=host.check_interrupt)
+                              progress=host.interrupt_checks())
 
 
 def _check_compatible(row_model, col_model) -> None:

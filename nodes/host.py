@@ -7,7 +7,9 @@ branch even where ComfyUI is importable.
 
 Public API (shapes in the docstrings):
 
-* progress(total, desc) -> Progress with update(n=1, preview=None) / update_absolute / close
+* progress(total, desc, preview_every) -> Progress: the engine's progress protocol (vscene_engine.runtime) on
+  ComfyUI's ProgressBar + interrupt flag; update(done, total, *, stage, loss, preview) / check_interrupt / close
+* interrupt_checks() -> a protocol object that only checks for Cancel (no bar)
 * check_interrupt(), Interrupted, _interrupt_flag (threading.Event, for tests)
 * torch_device(), offload_device(), intermediate_device(), preferred_dtype(device, model_params=None),
   soft_empty_cache()
@@ -45,6 +47,11 @@ from fractions import Fraction
 from typing import Iterator, Sequence
 
 import torch
+
+try:  # the pack's __init__.py registers the engine under its top-level name (see _gaussian_scene_cls)
+    from vscene_engine import runtime
+except ImportError:  # pragma: no cover - pack imported as a package without that registration
+    from ..vscene_engine import runtime
 
 log = logging.getLogger("videoscene.host")
 
@@ -128,22 +135,28 @@ def _preview_max_size() -> int | None:
     return getattr(_cli_args, "preview_size", 512) if _cli_args is not None else 512
 
 
-class Progress:
-    """Progress reporter returned by :func:`progress`.
+class Progress(runtime.Progress):
+    """The host's implementation of the engine's progress protocol (:class:`vscene_engine.runtime.Progress`).
 
-    Host: drives ``comfy.utils.ProgressBar`` (the node's bar in the UI; previews are sent as
-    ``("JPEG", PIL.Image, preview_size)`` exactly like the samplers' latent previews). Note that ComfyUI's
-    progress hook itself checks for interrupts, so ``update`` may raise the host's interrupt exception.
-    Always (when tqdm is importable) also a console tqdm bar. Usable as a context manager.
+    ``update(done, total, *, stage=None, loss=None, preview=None)`` drives the node's ``comfy.utils.ProgressBar``
+    (``total`` may change between stages: the bar follows the current stage); a preview (IMAGE-like [H, W, 3]
+    float 0..1) is sent as ``("JPEG", PIL.Image, preview_size)`` exactly like the samplers' latent previews, on
+    every ``preview_every``-th update of a stage and on its last one. ``check_interrupt()`` is the module's
+    :func:`check_interrupt` (ComfyUI's Cancel). ComfyUI's progress hook itself checks for interrupts, so ``update``
+    may raise the host's interrupt exception too. Always (when tqdm is importable) also a console tqdm bar.
+    Usable as a context manager.
 
-    Attributes: ``n`` (current count), ``total``, ``last_preview`` (the last preview tensor [H,W,3] or None),
-    ``previews`` (number of previews received).
+    Attributes: ``n`` (current count), ``total``, ``stage``, ``loss`` (last loss or None), ``last_preview`` (the
+    last preview sent, or None), ``previews`` (number of previews sent).
     """
 
-    def __init__(self, total: int, desc: str = ""):
+    def __init__(self, total: int = 0, desc: str = "", preview_every: int = 1):
         self.total = max(int(total), 0)
         self.desc = desc
+        self.preview_every = max(1, int(preview_every))
         self.n = 0
+        self.stage = None
+        self.loss = None
         self.last_preview = None
         self.previews = 0
         self._closed = False
@@ -161,20 +174,28 @@ class Progress:
         except Exception:
             self._tqdm = None
 
-    def update(self, n: int = 1, preview=None) -> None:
-        """Advance by ``n`` steps; ``preview``: optional IMAGE-like [H, W, 3] float tensor in 0..1."""
-        self.update_absolute(self.n + int(n), preview=preview)
-
-    def update_absolute(self, value: int, preview=None) -> None:
-        """Set the count to ``value`` (clamped to ``total``); ``preview`` as in :meth:`update`."""
-        value = min(max(int(value), 0), self.total) if self.total else max(int(value), 0)
-        delta = value - self.n
-        self.n = value
+    def update(self, done: int, total: int, *, stage: str | None = None, loss: float | None = None,
+               preview=None) -> None:
+        """``done`` of ``total`` units of ``stage`` (clamped to 0..total); see the class docstring."""
+        total = max(int(total), 0)
+        done = min(max(int(done), 0), total) if total else max(int(done), 0)
+        if preview is not None and not (done % self.preview_every == 0 or done >= total):
+            preview = None
+        new_stage = stage != self.stage or total != self.total
+        self.stage, self.loss = stage, loss
+        if self._tqdm is not None:
+            if new_stage:
+                self._tqdm.set_description(": ".join(x for x in (self.desc, stage) if x) or None, refresh=False)
+                self._tqdm.reset(total=total)
+                self._tqdm.update(done)
+            elif done != self.n:
+                self._tqdm.update(done - self.n)
+            if loss is not None:
+                self._tqdm.set_postfix(loss=f"{float(loss):.5g}", refresh=False)
+        self.n, self.total = done, total
         if preview is not None:
             self.last_preview = preview
             self.previews += 1
-        if self._tqdm is not None and delta:
-            self._tqdm.update(delta)
         if self._bar is not None:
             tup = None
             if preview is not None:
@@ -182,7 +203,10 @@ class Progress:
                     tup = ("JPEG", _preview_to_pil(preview), _preview_max_size())
                 except Exception as e:
                     log.debug("could not convert preview: %s", e)
-            self._bar.update_absolute(value, self.total, tup)
+            self._bar.update_absolute(done, total, tup)
+
+    def check_interrupt(self) -> None:
+        check_interrupt()
 
     def close(self) -> None:
         if self._closed:
@@ -198,20 +222,27 @@ class Progress:
         self.close()
 
 
-def progress(total: int, desc: str = "") -> Progress:
-    """A progress reporter over ``total`` steps (see :class:`Progress`)."""
-    return Progress(total, desc)
+def progress(total: int = 0, desc: str = "", preview_every: int = 1) -> Progress:
+    """A host progress reporter, starting at 0 of ``total`` (see :class:`Progress`); pass it to engine functions."""
+    return Progress(total, desc, preview_every)
+
+
+class _InterruptChecks(runtime.Progress):
+    """Interrupt checks only (no bar): for work inside another bar, e.g. the 3D-aware hook inside a sampler."""
+
+    def check_interrupt(self) -> None:
+        check_interrupt()
+
+
+def interrupt_checks() -> runtime.Progress:
+    """A progress object that shows nothing and raises :data:`Interrupted` on Cancel (see :func:`check_interrupt`)."""
+    return _InterruptChecks()
 
 
 # =============================================================================================== interrupt
-class _LocalInterrupted(BaseException):
-    """Raised by :func:`check_interrupt` outside ComfyUI. A BaseException like ComfyUI's own
-    ``InterruptProcessingException``, so ``except Exception`` blocks do not swallow it."""
-
-
-Interrupted = _mm.InterruptProcessingException if HOST_AVAILABLE else _LocalInterrupted
-"""The interrupt exception class: ComfyUI's ``InterruptProcessingException`` in the host, else a local one.
-Catch it as ``host.Interrupted`` (both derive from BaseException)."""
+Interrupted = _mm.InterruptProcessingException if HOST_AVAILABLE else runtime.Interrupted
+"""The interrupt exception class: ComfyUI's ``InterruptProcessingException`` in the host, else the engine's
+:class:`vscene_engine.runtime.Interrupted`. Catch it as ``host.Interrupted`` (both derive from BaseException)."""
 
 _interrupt_flag = threading.Event()
 """Test hook: when set, the next :func:`check_interrupt` clears it and raises :data:`Interrupted`."""

@@ -16,14 +16,6 @@ from .splat_nodes import _parse_color, camera_info
 CATEGORY = "VideoScene"
 
 
-def _interrupt_and_preview(bar):
-    def cb(done, total, preview=None):
-        host.check_interrupt()
-        bar.update_absolute(done, preview=preview)
-
-    return cb
-
-
 class LoadViewPair:
     """Two photos (+ optional cameras) -> VSCENE_VIEWS with consistent images and intrinsics."""
 
@@ -219,6 +211,8 @@ class CoarseSplatPrior:
         from vscene_engine.camera_formats import from_load3d
         from vscene_engine.cameras import Cameras
         from vscene_engine.pipeline import coarse_video, make_path
+        from vscene_engine.prior import PriorConfig
+        from vscene_engine.stereo import StereoConfig
 
         bg = _parse_color(background)
         prior = None
@@ -237,7 +231,7 @@ class CoarseSplatPrior:
             kf = Cameras(torch.cat([c.c2w[:1], via.c2w.to(c.c2w), c.c2w[1:]]), c.K[:1].expand(3, 3, 3), c.width,
                          c.height, c.near[:1].expand(3), c.far[:1].expand(3))
         traj = make_path(views, frames=frames, kind=path, easing=easing, keyframes=kf)
-        kw = {"stereo_kwargs": {"num_depths": num_depths}}
+        cfg, inputs = PriorConfig(method=method, stereo=StereoConfig(num_depths=int(num_depths))), {}
         managed = None
         if method == "mvsplat":
             if mvsplat_weights in (None, "", "none"):
@@ -245,15 +239,14 @@ class CoarseSplatPrior:
                                  ".safetensors from `python -m vscene_engine convert-mvsplat re10k.ckpt --out "
                                  "re10k.safetensors`) in models/mvsplat and pick it; without it use method stereo")
             managed = _mvsplat_model(host.model_path("mvsplat", mvsplat_weights))
-            kw = {"mvsplat": managed.load_to_gpu(), "mvsplat_size": int(mvsplat_size), "mvsplat_fit": mvsplat_fit,
-                  "near": float(near), "far": float(far)}
+            cfg = dataclasses.replace(cfg, mvsplat_size=int(mvsplat_size), mvsplat_fit=mvsplat_fit, near=float(near),
+                                      far=float(far))
+            inputs = {"mvsplat": managed.load_to_gpu()}
         elif method == "depth":
-            kw = _depth_prior_kwargs(views, depth, confidence, depth_encoding, min_confidence)
+            cfg, inputs = _depth_prior(views, cfg, depth, confidence, depth_encoding, min_confidence)
         bar = host.progress(len(traj), "coarse prior video")
         try:
-            res = coarse_video(views, traj, method=method, background=bg, prior_kwargs=kw,
-                               progress=_interrupt_and_preview(bar), check_interrupt=host.check_interrupt,
-                               prior=prior)
+            res = coarse_video(views, traj, background=bg, config=cfg, progress=bar, prior=prior, **inputs)
         finally:
             bar.close()
             if managed is not None:
@@ -264,7 +257,7 @@ class CoarseSplatPrior:
 
 def _noposplat_views(views, weights, intrinsics, refine_steps):
     """Run method noposplat on ``views`` -> (PriorResult, the views with NoPoSplat's cameras)."""
-    from vscene_engine.prior import coarse_prior
+    from vscene_engine.prior import PriorConfig, coarse_prior
 
     if weights in (None, "", "none"):
         raise ValueError("method noposplat needs noposplat_weights: put a NoPoSplat release checkpoint (re10k.ckpt, "
@@ -277,9 +270,10 @@ def _noposplat_views(views, weights, intrinsics, refine_steps):
     try:
         net = managed.load_to_gpu()
         imgs = views.images.to(next(net.parameters()).device)
-        prior = coarse_prior(imgs, views.cameras.to(device=imgs.device), method="noposplat", noposplat=net,
-                             noposplat_intrinsics=intrinsics, noposplat_refine_steps=int(refine_steps),
-                             check_interrupt=host.check_interrupt)
+        cfg = PriorConfig(method="noposplat", noposplat_intrinsics=intrinsics,
+                          noposplat_refine_steps=int(refine_steps))
+        with host.progress(0, "NoPoSplat prior") as bar:
+            prior = coarse_prior(imgs, views.cameras.to(device=imgs.device), cfg, noposplat=net, progress=bar)
     finally:
         managed.offload()
     cams = prior.cameras.to(device=views.images.device, dtype=views.cameras.dtype)
@@ -292,20 +286,22 @@ def _noposplat_views(views, weights, intrinsics, refine_steps):
     return prior, new
 
 
-def _depth_prior_kwargs(views, depth, confidence, encoding, min_confidence) -> dict:
-    """coarse_prior kwargs of method depth: the depth input (scale fitted) or else the views' own (DA3) depth."""
+def _depth_prior(views, cfg, depth, confidence, encoding, min_confidence) -> tuple:
+    """(PriorConfig, coarse_video inputs) of method depth: the depth input (scale fitted) or else the views' own
+    (DA3) depth."""
     from vscene_engine.depth_prior import depth_from_image, maps_to_views
 
-    kw = {"min_confidence": float(min_confidence)}
+    cfg, kw = dataclasses.replace(cfg, min_confidence=float(min_confidence)), {}
     if depth is not None:
-        kw.update(depth=maps_to_views(views, depth_from_image(depth, encoding), "depth"), align_depth_scale=True)
+        kw["depth"] = maps_to_views(views, depth_from_image(depth, encoding), "depth")
+        cfg = dataclasses.replace(cfg, align_depth_scale=True)
     elif views.depth is None:
         raise ValueError("method depth needs depth maps: set LoadViewPair's cameras_from to da3 (with 'Run Depth "
                          "Anything 3' connected) or connect a depth image (batch of 2) to the depth input")
     if confidence is not None:
         kw["confidence"] = maps_to_views(views, confidence.detach().float().cpu().reshape(
             -1, *confidence.shape[-2:]), "confidence").clamp(0, 1)
-    return kw
+    return cfg, kw
 
 
 _PRIOR_WEIGHT_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
@@ -403,12 +399,7 @@ class SplatReconstruct:
         bg = _parse_color(background)
         if views is not None and input_view_weight == 0:
             views = None
-        bar = host.progress(iterations, "reconstruct splat")
-
-        def prog(it, total, loss, preview=None):
-            host.check_interrupt()
-            bar.update_absolute(it, preview=preview if it % 25 == 0 or it == total else None)
-
+        bar = host.progress(iterations, "reconstruct splat", preview_every=25)
         # ComfyUI executes every node inside torch.inference_mode() (execution.py), where autograd is off and the
         # input tensors are "inference tensors" that cannot be saved for backward. Fitting needs gradients: leave
         # inference mode and work on normal copies of every input tensor.
@@ -420,7 +411,7 @@ class SplatReconstruct:
             init_scene = host.splat_to_scenes(init)[0].to(dtype=torch.float32).clone() if init is not None else None
             res = reconstruct(frames_t, traj, views, init_scene, iters=iterations, densify=densify,
                               input_view_weight=max(1, input_view_weight), sh_degree=sh_degree, seed=seed,
-                              background=bg, progress=prog, check_interrupt=host.check_interrupt)
+                              background=bg, progress=bar)
         bar.close()
         vals = list(res.psnr_per_view.values())
         report = {"mean_psnr": sum(vals) / len(vals), "per_view": res.psnr_per_view, "gaussians": len(res.scene)}

@@ -147,12 +147,11 @@ class VSceneRenderSplat:
         bar = host.progress(len(cams), "render splat")
         with torch.no_grad():
             for i in range(len(cams)):
-                host.check_interrupt()
-                out = render(scene, cams[i], background=bg, backend=backend, check_interrupt=host.check_interrupt)
+                out = render(scene, cams[i], background=bg, backend=backend, progress=bar)  # checks Cancel
                 rgbs.append(out.rgb[0].float().cpu())
                 alphas.append(out.alpha[0, ..., 0].float().cpu())
                 depths.append(out.depth[0, ..., 0].float().cpu())
-                bar.update(1, preview=rgbs[-1])
+                bar.update(i + 1, len(cams), preview=rgbs[-1])
         bar.close()
         rgb, alpha, depth = torch.stack(rgbs), torch.stack(alphas), torch.stack(depths)
         hit = depth > 0

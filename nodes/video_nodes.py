@@ -136,14 +136,11 @@ def _views_images(views, first_image=None, last_image=None):
     return a.float().cpu(), b.float().cpu()
 
 
-def _runner(total: int, desc: str, frames):
+def _bar(total: int, desc: str, frames):
+    """A host progress bar over ``total`` steps, showing the coarse video's middle frame until the sample's."""
     bar = host.progress(total, desc)
-    mid = frames[frames.shape[0] // 2]
-
-    def progress(stage, done, tot):
-        bar.update_absolute(done, preview=mid if stage == "encode" else None)
-
-    return bar, progress
+    bar.update(0, total, stage="encode", preview=frames[frames.shape[0] // 2])
+    return bar
 
 
 class LeapFlowStudent:
@@ -208,12 +205,11 @@ class LeapFlowStudent:
         a, b = _views_images(views, first_image, last_image)
         video = frames.float().cpu()
         video_model.check_frames(video.shape[0])
-        bar, progress = _runner(2 + steps, "VideoScene leap", video)
-        host.check_interrupt()
+        bar = _bar(2 + steps, "VideoScene leap", video)
+        bar.check_interrupt()
         res = leap_sample(video_model, a, b, video, timestep=timestep, seed=seed, steps=steps, aspect=aspect,
-                          vae_tiling=bool(video_model.report.get("vae_tiling", False)), progress=progress,
-                          interrupt=host.check_interrupt)
-        bar.update_absolute(2 + steps, preview=res.frames[res.frames.shape[0] // 2])
+                          vae_tiling=bool(video_model.report.get("vae_tiling", False)), progress=bar)
+        bar.update(2 + steps, 2 + steps, stage="decode", preview=res.frames[res.frames.shape[0] // 2])
         bar.close()
         info = {"timesteps": res.timesteps, **res.info}
         if refine_3d:
@@ -241,12 +237,11 @@ class LeapFlowStudent:
             cams = cams.resized(video.shape[2], video.shape[1]).cropped(x0, y0, cw, ch)
         init = host.splat_to_scenes(prior_splat)[0].to(dtype=torch.float32).clone() if prior_splat is not None \
             else None
-        bar = host.progress(3, "VideoScene 3D-aware refine")
+        bar = host.progress(0, "VideoScene 3D-aware refine")
         out = refine_3d(video_model, res, cams, t_small=int(refine_t), seed=int(seed), first=a, last=b,
                         init_scene=init, aspect=aspect,
-                        vae_tiling=bool(video_model.report.get("vae_tiling", False)),
-                        interrupt=host.check_interrupt)
-        bar.update_absolute(3, preview=out.frames[out.frames.shape[0] // 2])
+                        vae_tiling=bool(video_model.report.get("vae_tiling", False)), progress=bar)
+        bar.update(bar.total, bar.total, stage=bar.stage, preview=out.frames[out.frames.shape[0] // 2])
         bar.close()
         return out
 
@@ -297,11 +292,10 @@ class VideoSceneTeacher:
         a, b = _views_images(views, first_image, last_image)
         video = frames.float().cpu()
         video_model.check_frames(video.shape[0])
-        bar, progress = _runner(steps + 2, "VideoScene teacher", video)
+        bar = _bar(steps + 2, "VideoScene teacher", video)
         res = teacher_sample(video_model, a, b, video, steps=steps, guidance=guidance, seed=seed, init=init,
                              start_timestep=start_timestep if init == "video" else None, aspect=aspect,
-                             vae_tiling=bool(video_model.report.get("vae_tiling", False)), progress=progress,
-                             interrupt=host.check_interrupt)
+                             vae_tiling=bool(video_model.report.get("vae_tiling", False)), progress=bar)
         bar.close()
         info = {"timesteps": res.timesteps, **res.info}
         return (res.frames.to(host.intermediate_device()), {"samples": res.latents},

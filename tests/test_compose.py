@@ -9,6 +9,8 @@ from vscene_engine.compose import (Batching, GridConditioning, WeightSchedule, c
                                    composition_weights, orbit_view_weights, schedule_values, sigmas_karras,
                                    step_index)
 from vscene_engine.schedule import alphas_cumprod
+from vscene_engine.runtime import Interrupted
+from progress_util import Recorder  # noqa: E402
 
 # ============================================================================ analytic Gaussian grid (Theorem 3.1)
 V3 = F3 = 3
@@ -309,25 +311,19 @@ def test_single_model_paths_and_calls():
 
 
 def test_progress_and_interrupt():
-    calls = []
-    _run(_noise(), steps=4, progress=lambda i, n: calls.append((i, n)))
-    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    count = []
-
-    def stop():
-        count.append(1)
-        return len(count) >= 2
-    with pytest.raises(InterruptedError):
-        _run(_noise(), steps=4, interrupt=stop)
-    assert len(count) == 2
+    rec = Recorder()
+    _run(_noise(), steps=4, progress=rec)
+    assert [(i, n) for _, i, n, _, _ in rec.updates] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    stop = Recorder(stop_after=1)
+    with pytest.raises(Interrupted):
+        _run(_noise(), steps=4, progress=stop)
+    assert stop.checks == 2 and len(stop.updates) == 1
 
     class Cancel(Exception):
         pass
 
-    def cancel():
-        raise Cancel()
     with pytest.raises(Cancel):
-        _run(_noise(), steps=4, interrupt=cancel)
+        _run(_noise(), steps=4, progress=Recorder(stop_after=0, exc=Cancel))
 
 
 def test_bad_inputs():

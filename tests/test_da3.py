@@ -16,7 +16,7 @@ from vscene_engine.da3 import (cameras_from_da3, da3_process_size, da3_target_si
                                normalize_confidence)
 from vscene_engine.depth_prior import depth_from_image, depth_prior, fit_depth_scale, maps_to_views
 from vscene_engine.losses import psnr
-from vscene_engine.prior import coarse_prior
+from vscene_engine.prior import PriorConfig, coarse_prior
 from vscene_engine.rasterize import render
 from vscene_engine.synthetic import demo_cameras, depth_to_gaussians, procedural_scene
 from vscene_engine.trajectories import make_trajectory
@@ -140,8 +140,8 @@ def test_depth_prior_round_trip(truth):
     vp = da3_view_pair(truth["rgb"][0], truth["rgb"][1], geom, size=W)
     assert (vp.width, vp.height) == (W, H) and vp.scale == 1.0 and vp.provenance["cameras"] == "da3"
     assert vp.depth.shape == vp.confidence.shape == (2, H, W)
-    pr = coarse_prior(vp.images, vp.cameras, method="depth", depth=vp.depth, confidence=vp.confidence,
-                      min_confidence=0.5, edge_snap=0.0)
+    pr = coarse_prior(vp.images, vp.cameras, PriorConfig(method="depth", min_confidence=0.5, edge_snap=0.0),
+                      depth=vp.depth, confidence=vp.confidence)
     # reference: the same construction from the ground truth, in the original world and units
     cams = truth["cams"][[0, 1]]
     conf = normalize_confidence(geom["confidence"][:2])
@@ -172,11 +172,11 @@ def test_depth_prior_wrong_scale_is_worse(truth):
     geom, _, _ = make_geometry(truth)
     g = cameras_from_da3(geom)
     bad = Cameras(g.cameras.c2w, geom["intrinsics"][0, :2], W, H, 0.1, 100.0)  # processing-size K on input pixels
-    pr = coarse_prior(truth["rgb"][:2], bad, method="depth", depth=g.depth, confidence=g.confidence,
-                      min_confidence=0.5)
+    pr = coarse_prior(truth["rgb"][:2], bad, PriorConfig(method="depth", min_confidence=0.5), depth=g.depth,
+                      confidence=g.confidence)
     mid = make_trajectory("interpolate", g.cameras, frames=9)[4]
-    good = coarse_prior(truth["rgb"][:2], g.cameras, method="depth", depth=g.depth, confidence=g.confidence,
-                        min_confidence=0.5)
+    good = coarse_prior(truth["rgb"][:2], g.cameras, PriorConfig(method="depth", min_confidence=0.5), depth=g.depth,
+                        confidence=g.confidence)
     ra = render(pr.scene, mid, WHITE).rgb.clamp(0, 1)
     rb = render(good.scene, mid, WHITE).rgb.clamp(0, 1)
     mid_true = render(truth["scene"], make_trajectory("interpolate", truth["cams"][[0, 1]], frames=9)[4],
@@ -217,8 +217,8 @@ def test_depth_image_scale_is_fitted(truth):
     # the same through the node-level helpers: a [2,H,W,3] "depth image" normalised to 0..1
     img = (vp.depth / vp.depth.max())[..., None].expand(2, H, W, 3)
     d = maps_to_views(vp, depth_from_image(img, "depth"))
-    pr = coarse_prior(vp.images, vp.cameras, method="depth", depth=d, confidence=vp.confidence,
-                      min_confidence=0.5, align_depth_scale=True)
+    pr = coarse_prior(vp.images, vp.cameras, PriorConfig(method="depth", min_confidence=0.5, align_depth_scale=True),
+                      depth=d, confidence=vp.confidence)
     fitted = torch.tensor(pr.info["depth_scale"]) / float(vp.depth.max())
     assert ((fitted - 1).abs() < 0.02).all()
     inv = depth_from_image((1.0 / vp.depth.clamp(min=1e-3))[..., None] * valid[..., None], "inverse")
@@ -262,7 +262,7 @@ def test_depth_prior_bad_inputs(truth):
     g = cameras_from_da3(geom)
     imgs = truth["rgb"][:2]
     with pytest.raises(ValueError, match="needs depth maps"):
-        coarse_prior(imgs, g.cameras, method="depth")
+        coarse_prior(imgs, g.cameras, PriorConfig(method="depth"))
     with pytest.raises(ValueError, match=r"\[2,H,W\]"):
         depth_prior(imgs, g.cameras, g.depth[:, :10])
     with pytest.raises(ValueError, match="no pixel of view A"):
@@ -323,6 +323,6 @@ def test_edge_snapping_removes_flying_pixels(truth):
     rgb = truth["rgb"][:2]
     res = {}
     for snap in (0.0, 0.1):
-        pr = coarse_prior(rgb, cams, method="depth", depth=d, edge_snap=snap)
+        pr = coarse_prior(rgb, cams, PriorConfig(method="depth", edge_snap=snap), depth=d)
         res[snap] = float(psnr(render(pr.scene, mids, WHITE).rgb.clamp(0, 1), ref))
     assert res[0.1] > res[0.0] + 0.2  # measured 17.8 -> 18.4 dB

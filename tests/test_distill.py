@@ -20,6 +20,7 @@ from vscene_engine import distill as D
 from vscene_engine import leap, schedule
 from vscene_engine.cogvideo_load import apply_weights
 from vscene_engine.videomodel import VideoModel
+from progress_util import Recorder  # noqa: E402
 
 
 LAT = (1, 3, 16, H // 8, W // 8)  # [1, T, C, h, w]
@@ -181,23 +182,18 @@ def test_attention_only_changes_attention(model):
 
 
 def test_progress_interrupt_and_checkpointing_passthrough(model, tmp_path):
-    seen = []
-    res = D.distill(model, _dataset(2), steps=3, lr=1e-3, progress=lambda *a: seen.append(a))
+    rec = Recorder()
+    res = D.distill(model, _dataset(2), steps=3, lr=1e-3, progress=rec)
+    seen = [(s, t, loss) for _, s, t, loss, _ in rec.updates]
     assert [(s, t) for s, t, _ in seen] == [(1, 3), (2, 3), (3, 3)] and [x for *_, x in seen] == res.losses
     ck = D.distill(model, _dataset(2), steps=3, lr=1e-3, gradient_checkpointing=True)
     assert ck.student.gradient_checkpointing and ck.losses == res.losses
     assert all(torch.equal(a, b) for a, b in zip(_trained(ck).values(), _trained(res).values()))
 
-    calls = []
-
-    def interrupt():
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("stop")
-
     out = tmp_path / "i.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        D.distill(model, _dataset(2), out, steps=5, lr=1e-3, save_every=1, interrupt=interrupt)
+        D.distill(model, _dataset(2), out, steps=5, lr=1e-3, save_every=1,
+                  progress=Recorder(stop_after=2, exc=KeyboardInterrupt))
     assert D.read_checkpoint(out)["step"] == 2
 
 

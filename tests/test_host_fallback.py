@@ -39,6 +39,7 @@ def _load_host():
 
 
 host = _load_host()
+from vscene_engine import runtime  # noqa: E402  (after the pack registered the engine)
 
 pytestmark = pytest.mark.skipif(host.HOST_AVAILABLE, reason="nodes.host was imported with ComfyUI present")
 
@@ -46,18 +47,30 @@ pytestmark = pytest.mark.skipif(host.HOST_AVAILABLE, reason="nodes.host was impo
 # ----------------------------------------------------------------------------------------------- progress
 def test_progress_counts_and_previews():
     p = host.progress(3, "test")
-    p.update()
+    assert isinstance(p, runtime.Progress)  # the engine's protocol, implemented once here
+    p.update(1, 3, stage="fit", loss=0.5)
     prev = torch.rand(8, 6, 3)
-    p.update(1, preview=prev)
-    assert p.n == 2 and p.total == 3
+    p.update(2, 3, stage="fit", preview=prev)
+    assert (p.n, p.total, p.stage, p.loss) == (2, 3, "fit", None)
     assert p.previews == 1 and p.last_preview is prev
-    p.update(5)  # clamped at total
+    p.update(5, 3, stage="fit")  # clamped at total
     assert p.n == 3
+    p.update(1, 10, stage="render")  # a new stage: the bar follows its total
+    assert (p.n, p.total, p.stage) == (1, 10, "render")
+    p.check_interrupt()  # nothing pending
     p.close()
     p.close()  # idempotent
     with host.progress(2, "ctx") as q:
-        q.update_absolute(1)
+        q.update(1, 2)
         assert q.n == 1
+
+
+def test_progress_preview_every():
+    p = host.progress(10, "thin", preview_every=4)
+    for i in range(1, 11):
+        p.update(i, 10, preview=torch.full((4, 4, 3), i / 10))
+    assert p.previews == 3 and float(p.last_preview[0, 0, 0]) == 1.0  # 4, 8 and the last (10)
+    p.close()
 
 
 def test_preview_conversion_shapes():
@@ -74,7 +87,7 @@ def test_preview_conversion_shapes():
 
 def test_progress_zero_total():
     p = host.progress(0, "empty")
-    p.update()
+    p.update(0, 0)
     p.close()
 
 
@@ -96,6 +109,93 @@ def test_interrupted_is_not_swallowed_by_except_exception():
             host.check_interrupt()
         except Exception:  # pragma: no cover - must not catch it
             pytest.fail("Interrupted was caught by 'except Exception'")
+
+
+class _StubBar:
+    """comfy.utils.ProgressBar as the host sees it: update_absolute(value, total, preview)."""
+    made = []
+
+    def __init__(self, total, node_id=None):
+        self.total, self.calls = total, []
+        _StubBar.made.append(self)
+
+    def update_absolute(self, value, total=None, preview=None):
+        self.calls.append((value, total, preview))
+
+
+class _StubMM:
+    """comfy.model_management's interrupt flag: raises ComfyUI-style after ``after`` checks."""
+
+    class InterruptProcessingException(BaseException):
+        pass
+
+    def __init__(self, after):
+        self.after, self.checks = after, 0
+
+    def throw_exception_if_processing_interrupted(self):
+        self.checks += 1
+        if self.checks > self.after:
+            raise self.InterruptProcessingException()
+
+
+@pytest.fixture
+def stub_host(monkeypatch):
+    """The host branch of nodes/host.py on stub ComfyUI modules (ProgressBar + interrupt flag)."""
+    import types
+
+    mm = _StubMM(after=10**9)
+    _StubBar.made.clear()
+    monkeypatch.setattr(host, "HOST_AVAILABLE", True)
+    monkeypatch.setattr(host, "_cutils", types.SimpleNamespace(ProgressBar=_StubBar))
+    monkeypatch.setattr(host, "_mm", mm)
+    return mm
+
+
+def _tiny_fit_inputs():
+    from vscene_engine.synthetic import demo_cameras, procedural_scene
+    from vscene_engine.rasterize import render
+
+    cams = demo_cameras(24, 16)
+    with torch.no_grad():
+        imgs = render(procedural_scene(seed=0), cams, background=(1.0, 1.0, 1.0)).rgb.clamp(0, 1)
+    return imgs, cams
+
+
+def test_stub_host_bar_gets_progress_and_previews_from_the_engine(stub_host):
+    from vscene_engine.optimize import FitConfig, fit_scene
+
+    imgs, cams = _tiny_fit_inputs()
+    with host.progress(6, "fit", preview_every=3) as bar:
+        fit_scene(imgs, cams, None, FitConfig(n_init=100, iters=6, sh_degree=0), background=(1.0, 1.0, 1.0),
+                  final_eval=False, progress=bar)
+    (pb,) = _StubBar.made
+    assert [(v, t) for v, t, _ in pb.calls] == [(i, 6) for i in range(1, 7)]
+    sent = [p for _, _, p in pb.calls]
+    assert [p is not None for p in sent] == [False, False, True, False, False, True]
+    kind, im, size = sent[2]
+    assert kind == "JPEG" and im.size == (24, 16) and im.mode == "RGB" and size == 512
+    assert stub_host.checks >= 6  # the engine checked for Cancel through the host
+
+
+def test_stub_host_cancel_stops_a_long_engine_loop(stub_host):
+    from vscene_engine.optimize import FitConfig, fit_scene
+
+    imgs, cams = _tiny_fit_inputs()
+    stub_host.after = 5
+    bar = host.progress(10_000, "fit")
+    with pytest.raises(_StubMM.InterruptProcessingException):
+        fit_scene(imgs, cams, None, FitConfig(n_init=100, iters=10_000, sh_degree=0), final_eval=False, progress=bar)
+    bar.close()
+    assert 0 < bar.n < 10 and stub_host.checks == 6
+
+
+def test_interrupt_checks_only_checks(stub_host):
+    p = host.interrupt_checks()
+    p.update(1, 2, preview=torch.rand(4, 4, 3))  # shows nothing
+    assert _StubBar.made == []
+    stub_host.after = 0
+    with pytest.raises(_StubMM.InterruptProcessingException):
+        p.check_interrupt()
 
 
 # ------------------------------------------------------------------------------------------------ devices

@@ -20,6 +20,7 @@ from vscene_engine.videomodel import VideoModel
 
 from tiny_cogvideo_fixtures import FRAMES, H, SCHED_5B, W  # noqa: E402
 from tiny_cogvideo_fixtures import tiny_modules as _tiny_modules  # noqa: E402
+from progress_util import Recorder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -289,22 +290,19 @@ def test_pad_mode_keeps_content_where_model_is_identity(tiny):
 
 def test_progress_and_interrupt(tiny, inputs):
     first, last, video = inputs
-    seen = []
-    leap.leap_sample(tiny, first, last, video, steps=2, progress=lambda s, d, t: seen.append((s, d, t)))
+    rec = Recorder()
+    leap.leap_sample(tiny, first, last, video, steps=2, progress=rec)
+    seen = [(s, d, t) for s, d, t, _, _ in rec.updates]
     assert [s for s, _, _ in seen] == ["encode", "denoise", "denoise", "decode"]
     assert seen[-1][1] == seen[-1][2] == 4
 
     class Stop(Exception):
         pass
 
-    calls = {"n": 0}
-
-    def interrupt():
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Stop()
+    stop = Recorder(stop_after=1, exc=Stop)
     with pytest.raises(Stop):
-        leap.leap_sample(tiny, first, last, video, interrupt=interrupt)
+        leap.leap_sample(tiny, first, last, video, progress=stop)
+    assert stop.checks == 2 and [u[0] for u in stop.updates] == ["encode"]
 
 
 # ------------------------------------------------------------------------------------------- placement

@@ -1,5 +1,5 @@
 """MVSplat as the coarse prior: official input conventions (crop / resize with the intrinsics kept right,
-normalized intrinsics, near / far), coarse_prior(method="mvsplat") from a weights file, and the CoarseSplatPrior node."""
+normalized intrinsics, near / far), coarse_prior(method "mvsplat") from a weights file, and the CoarseSplatPrior node."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,7 @@ from test_mvsplat import fill_weights, small_config
 from vscene_engine.cameras import Cameras
 from vscene_engine.mvsplat import MVSplatEncoder
 from vscene_engine.mvsplat.prior import mvsplat_prior, network_inputs
-from vscene_engine.prior import coarse_prior
+from vscene_engine.prior import PriorConfig, coarse_prior
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -84,7 +84,8 @@ def test_mvsplat_prior_equals_the_encoder_on_official_inputs(weights_file):
     W, H = 96, 64
     imgs, _ = _smooth_images(W, H)
     cams = _cams(W, H)
-    res = coarse_prior(imgs, cams, method="mvsplat", mvsplat=str(path), mvsplat_size=64, near=1.0, far=100.0)
+    res = coarse_prior(imgs, cams, PriorConfig(method="mvsplat", mvsplat_size=64, near=1.0, far=100.0),
+                       mvsplat=str(path))
     assert res.info["method"] == "mvsplat" and res.info["n_gaussians"] == [64 * 64] * 2
     assert res.depth.shape == (2, 64, 64) and res.valid.all()
     assert len(res.scene) == 2 * 64 * 64 and res.scene.sh.shape[1] == 25
@@ -120,7 +121,7 @@ def test_mvsplat_prior_bad_input(weights_file):
     with pytest.raises(ValueError, match="MVSplatEncoder"):
         mvsplat_prior(object(), imgs, _cams(64, 64), size=64)
     with pytest.raises(FileNotFoundError):
-        coarse_prior(imgs, _cams(64, 64), method="mvsplat", mvsplat="/nonexistent/re10k.ckpt")
+        coarse_prior(imgs, _cams(64, 64), PriorConfig(method="mvsplat"), mvsplat="/nonexistent/re10k.ckpt")
 
 
 def test_coarse_splat_prior_node_mvsplat(weights_file, tmp_path, monkeypatch):

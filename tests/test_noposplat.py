@@ -328,23 +328,24 @@ def test_refinement_moves_towards_the_photo(geo_net):
 
 def test_coarse_prior_noposplat(geo_net, tmp_path):
     from vscene_engine.cameras import Cameras
-    from vscene_engine.prior import coarse_prior
+    from vscene_engine.prior import PriorConfig, coarse_prior
     imgs = torch.rand(2, 72, 96, 3)
     K = torch.tensor([[80.0, 0, 48], [0, 80, 36], [0, 0, 1]])
     given = Cameras(torch.eye(4).repeat(2, 1, 1), K, 96, 72, 0.1, 10.0)
-    res = coarse_prior(imgs, given, method="noposplat", noposplat=geo_net)
+    res = coarse_prior(imgs, given, PriorConfig(method="noposplat"), noposplat=geo_net)
     assert res.cameras is not None and len(res.cameras) == 2 and (res.cameras.width, res.cameras.height) == (96, 72)
     assert torch.allclose(res.cameras.K, K.expand(2, 3, 3), atol=1e-4)            # given K used ("cameras")
     assert _angle_deg(res.cameras.c2w[1, :3, :3].double(), TRUE_B[:3, :3]) < 0.05
     assert res.scene.num_gaussians == 2 * 32 * 32 and res.depth.shape == (2, 32, 32)
-    res2 = coarse_prior(imgs, given, method="noposplat", noposplat=geo_net, noposplat_intrinsics="default")
+    res2 = coarse_prior(imgs, given, PriorConfig(method="noposplat", noposplat_intrinsics="default"),
+                        noposplat=geo_net)
     assert res2.info["intrinsics"].startswith("default")
     with pytest.raises(ValueError, match="needs the NoPoSplat weights"):
-        coarse_prior(imgs, given, method="noposplat")
+        coarse_prior(imgs, given, PriorConfig(method="noposplat"))
     # a weights file works too (loaded strictly)
     st = tmp_path / "geo.safetensors"
     save_noposplat(geo_net, st)
-    res3 = coarse_prior(imgs, given, method="noposplat", noposplat=str(st))
+    res3 = coarse_prior(imgs, given, PriorConfig(method="noposplat"), noposplat=str(st))
     assert res3.scene.num_gaussians == 2 * 32 * 32
 
 

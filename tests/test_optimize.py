@@ -2,6 +2,7 @@
 
 The fit tests use thresholds measured on this implementation (numbers in the comments) minus a safety margin.
 """
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from vscene_engine.cameras import Cameras, intrinsics_matrix, look_at
 from vscene_engine.gaussians import GaussianScene
 from vscene_engine.losses import dssim, l1, photometric_loss, psnr, ssim
 from vscene_engine.optimize import (
-    DEFAULT_DENSIFY, FitResult, GaussianParams, _densify_and_prune, _DensifyStats, camera_extent, default_bbox,
+    DEFAULT_DENSIFY, FitConfig, FitResult, GaussianParams, _densify_and_prune, _DensifyStats, camera_extent, default_bbox,
     fit_scene, random_init,
 )
 from vscene_engine.rasterize import render
+from progress_util import Recorder  # noqa: E402
 
 LEGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "nerf_synthetic_lego"
 
@@ -143,9 +145,10 @@ def test_fit_synthetic_improves_heldout_psnr(synthetic):
     init = random_init(train, 500, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         p_init = float(psnr(render(init, held).rgb, held_imgs))
-    seen = []
-    res = fit_scene(imgs, train, n_init=500, iters=150, sh_degree=0, seed=0, eval_every=50, eval_images=held_imgs,
-                    eval_cameras=held, progress=lambda it, loss, prev: seen.append((it, loss, tuple(prev.shape))))
+    rec = Recorder()
+    res = fit_scene(imgs, train, None, FitConfig(n_init=500, iters=150, sh_degree=0, seed=0, eval_every=50),
+                    eval_images=held_imgs, eval_cameras=held, progress=rec)
+    seen = [(d, loss, shape) for _, d, _, loss, shape in rec.updates]
     assert isinstance(res, FitResult)
     with torch.no_grad():
         p_fit = float(psnr(render(res.scene, held).rgb, held_imgs))
@@ -164,10 +167,10 @@ def test_fit_synthetic_improves_heldout_psnr(synthetic):
 
 def test_fit_is_deterministic_for_a_seed(synthetic):
     train, imgs, _, _ = synthetic
-    kw = dict(n_init=200, iters=8, sh_degree=1, sh_every=4, final_eval=False, batch_views=2)
-    a = fit_scene(imgs, train, seed=3, **kw)
-    b = fit_scene(imgs, train, seed=3, **kw)
-    c = fit_scene(imgs, train, seed=4, **kw)
+    cfg = FitConfig(n_init=200, iters=8, sh_degree=1, sh_every=4, batch_views=2, seed=3)
+    a = fit_scene(imgs, train, None, cfg, final_eval=False)
+    b = fit_scene(imgs, train, None, cfg, final_eval=False)
+    c = fit_scene(imgs, train, None, dataclasses.replace(cfg, seed=4), final_eval=False)
     assert torch.equal(a.scene.means, b.scene.means) and torch.equal(a.scene.sh, b.scene.sh)
     assert not torch.equal(a.scene.means, c.scene.means)
     assert a.scene.sh.shape[1] == 4 and [h["sh_degree"] for h in a.history][3:6] == [0, 1, 1]
@@ -176,7 +179,7 @@ def test_fit_is_deterministic_for_a_seed(synthetic):
 def test_fit_with_densify_changes_count_and_improves(synthetic):
     train, imgs, held, held_imgs = synthetic
     dens = dict(densify_from=50, densify_until=120, densify_every=25, opacity_reset_every=0)
-    res = fit_scene(imgs, train, n_init=500, iters=150, sh_degree=0, densify=dens, final_eval=False)
+    res = fit_scene(imgs, train, None, FitConfig(n_init=500, iters=150, sh_degree=0, densify=dens), final_eval=False)
     steps = [h for h in res.history if "densify" in h]
     assert [h["iter"] for h in steps] == [50, 75, 100]
     counts = [h["n_gaussians"] for h in res.history]
@@ -259,46 +262,40 @@ def test_interrupt_stops_the_fit(synthetic):
     class Stop(Exception):
         pass
 
-    calls = {"n": 0}
-    iters_done = []
-
-    def check():
-        calls["n"] += 1
-        if calls["n"] > 20:
-            raise Stop("user cancelled")
-
+    rec = Recorder(stop_after=20, exc=Stop)
     with pytest.raises(Stop):
-        fit_scene(imgs, train, n_init=200, iters=100, sh_degree=0, check_interrupt=check,
-                  progress=lambda it, loss, prev: iters_done.append(it))
+        fit_scene(imgs, train, None, FitConfig(n_init=200, iters=100, sh_degree=0), progress=rec)
+    iters_done = [d for _, d, _, _, _ in rec.updates]
     assert 0 < len(iters_done) < 100
 
 
 def test_bad_inputs_raise(synthetic):
     train, imgs, _, _ = synthetic
     with pytest.raises(ValueError, match="8 images but 7 cameras"):
-        fit_scene(imgs[:8], train[:7], iters=1)
+        fit_scene(imgs[:8], train[:7], None, FitConfig(iters=1))
     with pytest.raises(ValueError, match="resize"):
-        fit_scene(imgs, train.resized(16, 16), iters=1)
+        fit_scene(imgs, train.resized(16, 16), None, FitConfig(iters=1))
     with pytest.raises(ValueError, match="empty"):
-        fit_scene(torch.zeros(0, 32, 32, 3), train[:0], iters=1)
+        fit_scene(torch.zeros(0, 32, 32, 3), train[:0], None, FitConfig(iters=1))
     with pytest.raises(ValueError, match="RGBA"):
-        fit_scene(torch.zeros(8, 32, 32, 4), train, iters=1)
+        fit_scene(torch.zeros(8, 32, 32, 4), train, None, FitConfig(iters=1))
     with pytest.raises(ValueError, match="255"):
-        fit_scene(imgs * 255, train, iters=1)
+        fit_scene(imgs * 255, train, None, FitConfig(iters=1))
     with pytest.raises(ValueError, match="batch_views"):
-        fit_scene(imgs, train, iters=1, batch_views=9)
+        fit_scene(imgs, train, None, FitConfig(iters=1, batch_views=9))
     with pytest.raises(ValueError, match="unknown lr"):
-        fit_scene(imgs, train, iters=1, lr={"position": 1e-3})
+        fit_scene(imgs, train, None, FitConfig(iters=1, lr={"position": 1e-3}))
     with pytest.raises(ValueError, match="unknown densify"):
-        fit_scene(imgs, train, iters=1, densify={"every": 10})
+        fit_scene(imgs, train, None, FitConfig(iters=1, densify={"every": 10}))
     with pytest.raises(ValueError, match="lo < hi"):
-        fit_scene(imgs, train, iters=1, bbox=([0, 0, 0], [1, -1, 1]))
+        fit_scene(imgs, train, None, FitConfig(iters=1, bbox=([0, 0, 0], [1, -1, 1])))
 
 
 def test_divergence_raises_runtime_error(synthetic):
     train, imgs, _, _ = synthetic
     with pytest.raises(RuntimeError, match="[Ll]ower the learning rates"):
-        fit_scene(imgs, train, n_init=100, iters=5, sh_degree=0, lr={"scale": 1e30}, final_eval=False)
+        fit_scene(imgs, train, None, FitConfig(n_init=100, iters=5, sh_degree=0, lr={"scale": 1e30}),
+                  final_eval=False)
 
 
 def test_default_bbox_and_extent():
@@ -348,8 +345,8 @@ def test_fit_lego_from_random_init():
     cams, imgs = _load_lego(train_idx, 48)
     hcams, himgs = _load_lego(held_idx, 48)
     dens = dict(densify_from=50, densify_until=200, densify_every=25, opacity_reset_every=0)
-    res = fit_scene(imgs, cams, n_init=1000, iters=300, background=(1.0, 1.0, 1.0), sh_degree=0, densify=dens,
-                    final_eval=False)
+    res = fit_scene(imgs, cams, None, FitConfig(n_init=1000, iters=300, sh_degree=0, densify=dens),
+                    background=(1.0, 1.0, 1.0), final_eval=False)
     with torch.no_grad():
         p = float(psnr(render(res.scene, hcams, (1.0, 1.0, 1.0)).rgb.clamp(0, 1), himgs))
     # measured: 8.2 dB at the random init -> 20.0 dB held-out after 300 iterations (12 training views, 48x48)

@@ -4,6 +4,7 @@ Ground truth: the procedural tabletop rendered at 160x120 from its two demo came
 rasterizer's expected depth is the reference depth (pixels with alpha > 0.9 count as surface). The thresholds are
 measured values (see the comments) with slack for platform differences.
 """
+import dataclasses
 import math
 
 import pytest
@@ -11,11 +12,12 @@ import torch
 
 from vscene_engine.cameras import Cameras
 from vscene_engine.losses import psnr
-from vscene_engine.prior import PriorResult, coarse_prior, fill_depth_holes, render_trajectory
+from vscene_engine.prior import PriorConfig, PriorResult, coarse_prior, fill_depth_holes, render_trajectory
 from vscene_engine.rasterize import render
-from vscene_engine.stereo import StereoResult, stereo_depth
+from vscene_engine.stereo import StereoConfig, StereoResult, stereo_depth
 from vscene_engine.synthetic import demo_cameras, procedural_scene
 from vscene_engine.trajectories import make_trajectory
+from progress_util import Recorder  # noqa: E402
 
 W, H = 160, 120
 WHITE = (1.0, 1.0, 1.0)
@@ -55,7 +57,7 @@ def prior(truth):
 @pytest.fixture(scope="module")
 def prior_dropped(truth):
     """Prior with the rejected pixels dropped (only stereo-validated Gaussians)."""
-    return coarse_prior(truth["rgb"], truth["cams"], fill_holes=False)
+    return coarse_prior(truth["rgb"], truth["cams"], PriorConfig(fill_holes=False))
 
 
 def _occluded(truth) -> torch.Tensor:
@@ -114,16 +116,16 @@ def test_left_right_check_removes_occlusions(truth, stereo):
 
 
 def test_stereo_lr_check_threshold_is_monotone(truth):
-    kw = dict(near=1.0, max_side=96, min_confidence=0.0)
-    loose = stereo_depth(truth["rgb"], truth["cams"], lr_check_rel=0.2, **kw)
-    tight = stereo_depth(truth["rgb"], truth["cams"], lr_check_rel=0.01, **kw)
+    cfg = StereoConfig(max_side=96, min_confidence=0.0)
+    loose = stereo_depth(truth["rgb"], truth["cams"], dataclasses.replace(cfg, lr_check_rel=0.2), near=1.0)
+    tight = stereo_depth(truth["rgb"], truth["cams"], dataclasses.replace(cfg, lr_check_rel=0.01), near=1.0)
     assert int(loose.valid.sum()) > int(tight.valid.sum())
     assert not bool((tight.valid & ~loose.valid).any())  # same depths, tighter test: a subset
 
 
 def test_stereo_reduced_resolution(truth):
     """max_side below the image size: the sweep runs at 96x72 and depth is upsampled back (edge-aware)."""
-    res = stereo_depth(truth["rgb"], truth["cams"], max_side=96)
+    res = stereo_depth(truth["rgb"], truth["cams"], StereoConfig(max_side=96))
     assert res.info["work_size"] == (96, 72)
     assert res.depth.shape == (2, H, W)
     surface = truth["alpha"] > 0.9
@@ -179,41 +181,33 @@ def test_fill_depth_holes_prefers_the_background():
 
 def test_render_trajectory_progress_and_interrupt(truth, prior):
     path = make_trajectory("interpolate", truth["cams"], frames=3)
-    seen = []
-    frames, cover = render_trajectory(prior.scene, path, progress=lambda d, t, f: seen.append((d, t, f.shape)))
+    rec = Recorder()
+    frames, cover = render_trajectory(prior.scene, path, progress=rec)
     assert frames.shape == (3, H, W, 3) and cover.shape == (3, H, W)
-    assert seen == [(1, 3, (H, W, 3)), (2, 3, (H, W, 3)), (3, 3, (H, W, 3))]
+    assert rec.updates == [("render", i, 3, None, (H, W, 3)) for i in (1, 2, 3)]
 
     class Stop(Exception):
         pass
 
-    def stop():
-        raise Stop
-
     with pytest.raises(Stop):
-        render_trajectory(prior.scene, path, check_interrupt=stop)
+        render_trajectory(prior.scene, path, progress=Recorder(stop_after=0, exc=Stop))
 
 
 def test_stereo_interrupt_and_progress(truth):
     class Stop(Exception):
         pass
 
-    calls = []
-
-    def interrupt():
-        calls.append(1)
-        if len(calls) > 3:
-            raise Stop
-
+    stop = Recorder(stop_after=3, exc=Stop)
     with pytest.raises(Stop):
-        stereo_depth(truth["rgb"], truth["cams"], check_interrupt=interrupt)
-    assert len(calls) == 4
+        stereo_depth(truth["rgb"], truth["cams"], progress=stop)
+    assert stop.checks == 4
     with pytest.raises(Stop):
-        coarse_prior(truth["rgb"], truth["cams"], check_interrupt=interrupt)
+        coarse_prior(truth["rgb"], truth["cams"], progress=Recorder(stop_after=3, exc=Stop))
 
-    steps = []
-    stereo_depth(truth["rgb"], truth["cams"], max_side=64, near=1.0, progress=lambda d, t: steps.append((d, t)))
-    assert steps and steps[-1][0] == steps[-1][1]
+    rec = Recorder()
+    stereo_depth(truth["rgb"], truth["cams"], StereoConfig(max_side=64), near=1.0, progress=rec)
+    steps = [(d, t) for _, d, t, _, _ in rec.updates]
+    assert steps and steps[-1][0] == steps[-1][1] and {u[0] for u in rec.updates} == {"stereo"}
     assert all(a[0] <= b[0] for a, b in zip(steps, steps[1:]))
 
 
@@ -249,25 +243,25 @@ def test_bad_inputs_raise_value_error(truth):
     with pytest.raises(ValueError, match="near < far"):
         stereo_depth(rgb, cams, near=5.0, far=2.0)
     with pytest.raises(ValueError, match="unknown cost"):
-        stereo_depth(rgb, cams, cost="sad")
+        stereo_depth(rgb, cams, StereoConfig(cost="sad"))
     with pytest.raises(ValueError, match="unknown aggregation"):
-        stereo_depth(rgb, cams, aggregation="median")
+        stereo_depth(rgb, cams, StereoConfig(aggregation="median"))
     with pytest.raises(ValueError):
         stereo_depth(rgb.to(torch.uint8), cams)
 
 
 def test_prior_methods(truth):
     with pytest.raises(ValueError, match="needs the MVSplat weights.*convert-mvsplat"):
-        coarse_prior(truth["rgb"], truth["cams"], method="mvsplat")
+        coarse_prior(truth["rgb"], truth["cams"], PriorConfig(method="mvsplat"))
     with pytest.raises(ValueError, match="unknown method"):
-        coarse_prior(truth["rgb"], truth["cams"], method="nerf")
+        coarse_prior(truth["rgb"], truth["cams"], PriorConfig(method="nerf"))
 
 
 def test_stereo_cost_variants_run(truth):
     """Every cost / aggregation option gives a usable result at a coarse setting."""
     surface = truth["alpha"] > 0.9
     for cost, agg in (("ad", "box"), ("census", "none"), ("census+ad", "box")):
-        res = stereo_depth(truth["rgb"], truth["cams"], cost=cost, aggregation=agg, near=1.0, max_side=80)
+        res = stereo_depth(truth["rgb"], truth["cams"], StereoConfig(cost=cost, aggregation=agg, max_side=80), near=1.0)
         rel = (res.depth - truth["depth"]).abs() / truth["depth"].clamp(min=1e-6)
         good = res.valid & surface
         # measured: 0.70-0.84 of the surface valid, median error 1.2-1.6 % (at 80x60)

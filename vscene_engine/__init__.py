@@ -3,7 +3,8 @@
 Cameras are OpenCV camera-to-world (+x right, +y down, +z forward), K in pixels, pixel centres at +0.5; images are float
 [N,H,W,C] in 0..1; Gaussians carry activated values (linear scales, wxyz quaternions, opacities in 0..1, SH [N,K,3]).
 
-Modules (one entry point each): cameras (Cameras), camera_formats (load_cameras / save_cameras), trajectories
+Modules (one entry point each): runtime (Progress: the progress/interrupt protocol of every long function), cameras
+(Cameras), camera_formats (load_cameras / save_cameras), trajectories
 (make_trajectory), gaussians (GaussianScene), ply (read_ply / write_ply), sh (eval_sh), rasterize (render), losses,
 optimize (fit_scene), pose (estimate_relative_pose), stereo (stereo_depth), prior (coarse_prior), views
 (make_view_pair), pipeline (make_path / coarse_video / reconstruct), video, imageio, synthetic (procedural_scene),

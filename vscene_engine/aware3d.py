@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from .cameras import Cameras
 from .gaussians import GaussianScene
+from .runtime import Progress
 
 __all__ = ["jitter_views", "FAST_LR", "Aware3DConfig", "Aware3DHook", "ConsistencyReport", "select_steps", "make_3d_aware_hook",
            "model_codec", "grid_groups", "fit_views", "inconsistency", "refine_3d"]
@@ -55,9 +56,6 @@ __all__ = ["jitter_views", "FAST_LR", "Aware3DConfig", "Aware3DHook", "Consisten
 #: Learning rates of the fast (60-300 iteration) fits: ~10x the 3DGS defaults, which are tuned for 30k iterations
 #: (keys as :data:`vscene_engine.optimize.DEFAULT_LR`; the means rates are multiplied by the camera extent).
 FAST_LR = {"means": 1e-3, "means_final": 1e-5, "sh_dc": 0.03, "opacity": 0.1, "scale": 0.02, "rot": 0.002}
-
-ProgressFn = Callable[[str, int, int], None]
-
 
 # =========================================================================================== configuration
 @dataclass
@@ -163,17 +161,6 @@ def _plain_scene(scene: GaussianScene | None, device) -> GaussianScene | None:
     return scene.detach().to(device=device, dtype=torch.float32).clone()
 
 
-def _interrupt_fn(interrupt):
-    """An interrupt callable that raises: ``interrupt()`` may raise itself or return True (-> InterruptedError)."""
-    if interrupt is None:
-        return None
-
-    def check():
-        if interrupt():
-            raise InterruptedError("3D-aware step interrupted")
-    return check
-
-
 def _check_frames(frames, n: int, what: str) -> torch.Tensor:
     """``what`` names the tensor in messages ("decode's output", "frames", ...)."""
     if not isinstance(frames, torch.Tensor):
@@ -198,13 +185,14 @@ def _cams_for(frames: torch.Tensor, cams: Cameras) -> Cameras:
 
 def fit_views(frames: torch.Tensor, cameras: Cameras, cfg: Aware3DConfig | None = None,
               init: GaussianScene | None = None, *, iters: int | None = None, seed: int | None = None,
-              progress: ProgressFn | None = None, interrupt=None) -> tuple[GaussianScene, torch.Tensor, list]:
+              progress: Progress | None = None) -> tuple[GaussianScene, torch.Tensor, list]:
     """Fit Gaussians to ``frames`` [N, H, W, 3] (0..1) seen from ``cameras`` (N views; rescaled to the frames' size
     if needed) and render every view at full size -> (scene, renders [N, H, W, 3] in 0..1, per-view PSNR of the
     renders against the frames). ``iters``: default ``cfg.iters`` with ``init``, ``cfg.first_iters`` without.
+    progress: :class:`~vscene_engine.runtime.Progress` handed to the fit (stage "fit") and the renders.
     Grad-enabled and outside inference mode whatever the caller's mode."""
     from .losses import psnr
-    from .optimize import fit_scene
+    from .optimize import FitConfig, fit_scene
     from .rasterize import render
 
     cfg = (cfg or Aware3DConfig()).validate()
@@ -221,25 +209,20 @@ def fit_views(frames: torch.Tensor, cameras: Cameras, cfg: Aware3DConfig | None 
             w = max(1, int(round(frames.shape[2] * float(cfg.fit_scale))))
             fit_imgs = F.interpolate(frames.permute(0, 3, 1, 2), size=(h, w), mode="area").permute(0, 2, 3, 1)
             fit_cams = cams.resized(w, h)
-        check = _interrupt_fn(interrupt)
-
-        def prog(it, loss, preview):
-            if progress is not None:
-                progress("aware3d fit", it, n_it)
-
         bg = [float(v) for v in torch.as_tensor(cfg.background, dtype=torch.float32).reshape(-1).expand(3)]
-        fit = fit_scene(fit_imgs.contiguous(), fit_cams, init=init, n_init=int(cfg.n_init), iters=n_it,
-                        lr=dict(FAST_LR if cfg.lr is None else cfg.lr), lambda_dssim=float(cfg.lambda_dssim),
-                        background=bg, sh_degree=int(cfg.sh_degree),
-                        sh_every=max(1, n_it // (int(cfg.sh_degree) + 1)),
-                        batch_views=min(int(cfg.batch_views), len(cams)), seed=int(cfg.seed if seed is None else seed),
-                        densify=cfg.densify, progress=prog, check_interrupt=check, final_eval=False, device=dev)
+        fit_cfg = FitConfig(iters=n_it, lr=dict(FAST_LR if cfg.lr is None else cfg.lr),
+                            lambda_dssim=float(cfg.lambda_dssim), sh_degree=int(cfg.sh_degree),
+                            sh_every=max(1, n_it // (int(cfg.sh_degree) + 1)),
+                            batch_views=min(int(cfg.batch_views), len(cams)),
+                            seed=int(cfg.seed if seed is None else seed), densify=cfg.densify, n_init=int(cfg.n_init))
+        fit = fit_scene(fit_imgs.contiguous(), fit_cams, init, fit_cfg, background=bg, progress=progress,
+                        final_eval=False, device=dev)
         scene = fit.scene
         with torch.no_grad():
             outs = []
             for i in range(0, len(cams), int(cfg.render_batch)):
                 sub = cams[i:i + int(cfg.render_batch)]
-                outs.append(render(scene, sub, background=bg, check_interrupt=check).rgb.clamp(0, 1))
+                outs.append(render(scene, sub, background=bg, progress=progress).rgb.clamp(0, 1))
             renders = torch.cat(outs)
             per_view = psnr(renders, frames, reduction="none").tolist()
     return scene, renders, per_view
@@ -257,7 +240,7 @@ class Aware3DHook:
     """
 
     def __init__(self, decode, encode, cameras: Cameras, cfg: Aware3DConfig | None = None,
-                 init_scene=None, progress: ProgressFn | None = None, interrupt=None, groups=None):
+                 init_scene=None, progress: Progress | None = None, groups=None):
         if not callable(decode) or not callable(encode):
             raise ValueError("decode and encode must be callables (latents -> frames [N, H, W, 3], frames -> latents)")
         self.cfg = (cfg or Aware3DConfig()).validate()
@@ -285,7 +268,7 @@ class Aware3DHook:
                 raise ValueError(f"init_scene must be a GaussianScene (or one per group) or None, got "
                                  f"{type(s).__name__}")
         self.decode, self.encode = decode, encode
-        self.progress, self.interrupt = progress, interrupt
+        self.progress = progress
         self.scenes: list = [None] * len(groups)
         self.history: list = []
         self.calls = 0
@@ -318,8 +301,7 @@ class Aware3DHook:
                 it = cfg.iters if warm is not None else cfg.first_iters
                 ix = torch.tensor(idx, dtype=torch.long)
                 scene, r, pv = fit_views(frames[ix.to(frames.device)], self.cameras[ix], cfg, init=warm, iters=it,
-                                         seed=int(cfg.seed) + 1000 * k + g, progress=self.progress,
-                                         interrupt=self.interrupt)
+                                         seed=int(cfg.seed) + 1000 * k + g, progress=self.progress)
                 renders[ix.to(frames.device)] = r.to(frames.device)
                 self.scenes[g] = scene
                 fit_psnr += pv
@@ -344,19 +326,18 @@ class Aware3DHook:
 
 def make_3d_aware_hook(decode: Callable[[torch.Tensor], torch.Tensor], encode: Callable[[torch.Tensor], torch.Tensor],
                        cameras: Cameras, cfg: Aware3DConfig | None = None, init_scene=None,
-                       progress: ProgressFn | None = None, interrupt=None, groups=None) -> Aware3DHook:
+                       progress: Progress | None = None, groups=None) -> Aware3DHook:
     """The 3D-aware x0 hook: ``hook(step, n_steps, t_or_sigma, x0) -> x0'`` (module docstring).
 
     decode(x0 latents) -> frames [N, H, W, 3] in 0..1 (N = len(cameras); cameras of another image size are rescaled,
     which is exact for a stretch resize - for crop / pad give cameras of the decoded frames); encode(frames
     [N, H, W, 3]) -> latents of x0's shape (cast to x0's dtype / device). init_scene: a GaussianScene (e.g. the coarse
     prior) for the first application, or one per group. groups: lists of frame indices fitted as separate scenes
-    (default: all frames one static scene; :func:`grid_groups` for a Diffusion² grid). progress(stage, done, total)
-    per fit iteration; interrupt() is called every fit iteration and may raise or return True (InterruptedError).
+    (default: all frames one static scene; :func:`grid_groups` for a Diffusion² grid). progress: a
+    :class:`~vscene_engine.runtime.Progress` (``update`` per fit iteration, ``check_interrupt()`` every iteration).
     Raises ValueError (clear message) when decode returns a wrong shape / frame count or encode a wrong shape.
     """
-    return Aware3DHook(decode, encode, cameras, cfg, init_scene=init_scene, progress=progress, interrupt=interrupt,
-                       groups=groups)
+    return Aware3DHook(decode, encode, cameras, cfg, init_scene=init_scene, progress=progress, groups=groups)
 
 
 def grid_groups(views: int, frames: int, mode: str = "all") -> list[list[int]]:
@@ -467,7 +448,7 @@ def inconsistency(frames: torch.Tensor, cameras: Cameras, *, iters: int = 200, n
 def refine_3d(model, result, cameras: Cameras, t_small: int = 200, seed: int = 0, cfg: Aware3DConfig | None = None,
               *, first: torch.Tensor | None = None, last: torch.Tensor | None = None,
               init_scene: GaussianScene | None = None, aspect: str = "stretch", view_filter: str = "nearest",
-              vae_tiling: bool = False, progress=None, interrupt=None):
+              vae_tiling: bool = False, progress: Progress | None = None):
     """VideoScene / VideoMV-style 3D-aware refine of a one-step student result.
 
     1. Gaussians are fitted to ``result.frames`` [F, H, W, 3] at ``cameras`` (F cameras; rescaled to the frames'
@@ -478,6 +459,7 @@ def refine_3d(model, result, cameras: Cameras, t_small: int = 200, seed: int = 0
        VAE-encoded, noised to ``t_small`` with the seed's noise (the conditioning draws are those of the original
        sample when ``seed`` is the same), one transformer call gives x0, which is decoded.
     ``first`` / ``last``: the two input views (default: the first and last frame of ``result.frames``).
+    ``progress``: :class:`~vscene_engine.runtime.Progress` of the fit (stage "fit") and the student step.
     Returns a ``leap.SampleResult`` (frames, latents, timesteps [t_small]) whose ``info["aware3d"]`` holds the fit
     PSNR, iterations and seconds; ``info["render_psnr_vs_input"]`` is the PSNR of R against the student frames.
     The fitted scene and R are attached as ``result.scene`` / ``result.render``.
@@ -489,7 +471,7 @@ def refine_3d(model, result, cameras: Cameras, t_small: int = 200, seed: int = 0
     frames = _check_frames(frames, len(cameras), "result.frames")
     t0 = time.perf_counter()
     scene, R, per_view = fit_views(frames, cameras, cfg, init=init_scene, seed=int(cfg.seed),
-                                   progress=progress, interrupt=interrupt)
+                                   progress=progress)
     t_fit = time.perf_counter() - t0
     R = R.detach().float().cpu()
     f = frames.detach().float().cpu().clamp(0, 1)
@@ -499,8 +481,7 @@ def refine_3d(model, result, cameras: Cameras, t_small: int = 200, seed: int = 0
     z = f[-1] if last is None else last
     out = leap.leap_sample(model, a, z, video, timestep=int(t_small), seed=int(seed), steps=1, aspect=aspect,
                            view_filter=view_filter, vae_tiling=vae_tiling,
-                           progress=(lambda s, d, n: progress(s, d, n)) if progress is not None else None,
-                           interrupt=interrupt)
+                           progress=progress)
     it = cfg.iters if init_scene is not None else cfg.first_iters
     out.info["aware3d"] = {"fit_psnr": sum(per_view) / len(per_view), "iters": it, "fit_s": t_fit,
                            "t_small": int(t_small), "blend": b, "sh_degree": int(cfg.sh_degree)}

@@ -22,6 +22,8 @@ import re
 import sys
 from pathlib import Path
 
+from .runtime import TqdmProgress
+
 
 def _safe_name(name: str, i: int) -> str:
     stem = Path(str(name)).name  # drop folders such as "./train/"
@@ -114,6 +116,8 @@ def cmd_prior(args) -> int:
     from .imageio import load_image
     from .pipeline import coarse_video, make_path
     from .ply import write_ply
+    from .prior import PriorConfig
+    from .stereo import StereoConfig
     from .video import write_video
     from .views import make_view_pair
 
@@ -137,17 +141,16 @@ def cmd_prior(args) -> int:
 
         from .prior import coarse_prior
 
-        prior = coarse_prior(views.images, views.cameras, method="noposplat", noposplat=nops,
-                             noposplat_intrinsics="cameras" if (args.cameras or args.fov) else "default",
-                             noposplat_refine_steps=args.noposplat_refine_steps)
+        cfg = PriorConfig(method="noposplat", noposplat_intrinsics="cameras" if (args.cameras or args.fov) else
+                          "default", noposplat_refine_steps=args.noposplat_refine_steps)
+        prior = coarse_prior(views.images, views.cameras, cfg, noposplat=nops, progress=TqdmProgress("NoPoSplat"))
         c = prior.cameras
         views = dataclasses.replace(views, cameras=c, near=float(c.near.min()), far=float(c.far.max()), scale=1.0,
                                     provenance=dict(views.provenance, cameras="noposplat", noposplat=prior.info))
     path = make_path(views, frames=args.frames, kind=args.path, easing=args.easing)
     bg = [float(v) for v in args.background.split(",")]
-    bar = _bar(len(path), "coarse video")
-    res = coarse_video(views, path, background=bg, progress=lambda i, n, _p: bar(i),
-                       prior_kwargs={"stereo_kwargs": {"num_depths": args.num_depths}}, prior=prior)
+    cfg = PriorConfig(stereo=StereoConfig(num_depths=args.num_depths))
+    res = coarse_video(views, path, background=bg, config=cfg, progress=TqdmProgress("coarse video"), prior=prior)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_cameras(views.cameras, out / "cameras.json")
@@ -185,9 +188,8 @@ def cmd_reconstruct(args) -> int:
             frames = resize_image(frames, path.width, path.height)
     init = read_ply(args.init) if args.init else None
     bg = [float(v) for v in args.background.split(",")]
-    bar = _bar(args.iters, "reconstruct")
     res = reconstruct(frames, path, None, init, iters=args.iters, densify=not args.no_densify, background=bg,
-                      seed=args.seed, progress=lambda it, n, loss, _p: bar(it))
+                      seed=args.seed, progress=TqdmProgress("reconstruct"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_ply(res.scene, out / "scene.ply")
@@ -223,17 +225,14 @@ def cmd_leap(args) -> int:
     print(f"loaded {args.model} ({model.n_params / 1e6:.1f}M parameters, {str(model.dtype).replace('torch.', '')})"
           + (f"; weights: {model.report['weights']['summary']}" if model.report.get("weights") else ""),
           file=sys.stderr)
-    total = 2 + args.steps
-    bar = _bar(total, "leap")
     res = leap_sample(model, img_a, img_b, video, timestep=args.t, seed=args.seed, steps=args.steps,
-                      aspect=args.aspect, vae_tiling=args.vae_tiling, progress=lambda s, d, n: bar(d))
+                      aspect=args.aspect, vae_tiling=args.vae_tiling, progress=TqdmProgress("leap"))
     results = {"video.mp4": res}
     if args.teacher_steps:
-        tbar = _bar(args.teacher_steps + 2, "teacher")
         results["teacher.mp4"] = teacher_sample(
             model, img_a, img_b, video, steps=args.teacher_steps, guidance=args.guidance, seed=args.seed,
             init=args.teacher_init, start_timestep=args.t if args.teacher_init == "video" else None,
-            aspect=args.aspect, vae_tiling=args.vae_tiling, progress=lambda s, d, n: tbar(d))
+            aspect=args.aspect, vae_tiling=args.vae_tiling, progress=TqdmProgress("teacher"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = {}
@@ -259,11 +258,10 @@ def cmd_train_ddpnet(args) -> int:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     model = load_video_model(args.model, weights=args.weights, prompt_embeds=args.prompt_embeds,
                              device=device, dtype=args.dtype)
-    bar = _bar(args.steps, "DDPNet") if rank0 else (lambda done: None)
     res = train_from_folder(args.data, args.out, model=model, steps=args.steps, lr=args.lr, batch=args.batch,
                             grad_accum=args.grad_accum, explore=args.explore, seed=args.seed, n_bins=args.bins,
                             t_min=args.t_min, t_max=args.t_max, checkpoint=args.checkpoint,
-                            progress=lambda _s, i, n: bar(i))
+                            progress=TqdmProgress(enabled=rank0))
     if rank0:
         print(f"wrote {res['path']} ({res['n_samples']} samples, bins {res['bins']}, "
               f"{res['transformer_calls']} student calls)")
@@ -283,20 +281,6 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
-def _bar(total: int, desc: str):
-    """A tqdm progress callback bar(done) (silent when tqdm is missing)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return lambda done: None
-    t = tqdm(total=total, desc=desc)
-
-    def update(done):
-        t.update(done - t.n)
-        if done >= total:
-            t.close()
-
-    return update
 
 
 def _cuda() -> bool:

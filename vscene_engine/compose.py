@@ -69,6 +69,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .schedule import NoiseSchedule
+from .runtime import Progress, as_progress
 
 __all__ = ["ComposeResult", "SCHEDULE_KINDS", "SAMPLERS", "schedule_values", "sigmas_karras", "orbit_view_weights",
            "composition_weights", "step_index", "WeightSchedule", "KarrasSigmas", "Batching", "GridConditioning",
@@ -436,21 +437,21 @@ class ComposedDenoiser:
     (:class:`KnownGrid`: x0 clamped to them; samplers re-noise x with :meth:`renoise_known`), the optional 3D-aware
     hook and the work split (:class:`Batching`). ``step`` is the 0-based step whose weights apply; the hook runs on
     the FIRST call of each step (a second-order sampler's correction is left alone) and must be reset with
-    :meth:`reset` before another sampling run. ``interrupt()`` is checked before every call: it may raise or return
-    True (InterruptedError). ``stats`` counts the calls of each model ("row_fn", "col_fn", "ind_fn").
+    :meth:`reset` before another sampling run. ``progress.check_interrupt()`` (a
+    :class:`~vscene_engine.runtime.Progress`) runs before every call; raising aborts. ``stats`` counts the calls of each model ("row_fn", "col_fn", "ind_fn").
     """
 
     def __init__(self, row_fn: Denoiser | None, col_fn: Denoiser | None, row_weights: torch.Tensor, *,
                  ind_fn: Denoiser | None = None, row_cond=None, col_cond=None, ind_cond=None,
                  known: KnownGrid | None = None, x0_hook: Callable | None = None,
-                 batching: Batching = Batching(), interrupt: Callable[[], Any] | None = None):
+                 batching: Batching = Batching(), progress: Progress | None = None):
         self.row_fn, self.col_fn, self.ind_fn = row_fn, col_fn, ind_fn
         self.row_cond, self.col_cond, self.ind_cond = row_cond, col_cond, ind_cond
         self.row_weights = torch.as_tensor(row_weights, dtype=torch.float64).cpu()
         if self.row_weights.ndim != 2 or not bool(((self.row_weights >= 0) & (self.row_weights <= 1)).all()):
             raise ValueError(f"row_weights must be [n steps, V views] numbers in [0, 1], got shape "
                              f"{tuple(self.row_weights.shape)}")
-        self.known, self.x0_hook, self.interrupt = known, x0_hook, interrupt
+        self.known, self.x0_hook, self.progress = known, x0_hook, as_progress(progress)
         self.batch, self.col_batch = batching.sizes()
         self.group = batching.group
         self.rank, self.world = _dist_ctx(batching.distributed, batching.group)
@@ -470,8 +471,7 @@ class ComposedDenoiser:
         self._hooked, self.stats = set(), {}
 
     def __call__(self, x: torch.Tensor, level, step: int) -> torch.Tensor:
-        if self.interrupt is not None and self.interrupt():
-            raise InterruptedError("composition sampling interrupted")
+        self.progress.check_interrupt()
         x0 = self.x0(x, level, None if self.exact else self.row_weights[min(int(step), self.n_steps - 1)])
         if self.x0_hook is not None and int(step) not in self._hooked:
             self._hooked.add(int(step))
@@ -660,8 +660,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
                    weights: WeightSchedule = WeightSchedule(), sigmas: KarrasSigmas = KarrasSigmas(),
                    schedule: NoiseSchedule | None = None, conditioning: GridConditioning | None = None,
                    row_cond=None, col_cond=None, ind_cond=None, batching: Batching = Batching(),
-                   progress: Callable[[int, int], None] | None = None, interrupt: Callable[[], Any] | None = None,
-                   x0_hook: Callable | None = None) -> ComposeResult:
+                   progress: Progress | None = None, x0_hook: Callable | None = None) -> ComposeResult:
     """Sample the V x F grid by composing a video model (rows) and a multi-view model (columns).
 
     noise [V, F, C, H, W]: standard normal noise (the grid's shape, dtype and device; EDM starts at sigma_max * noise,
@@ -673,8 +672,8 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
     row + col - ind is used instead (``weights`` then must not carry view_weights / row_only_from).
     ``conditioning``: known images (:class:`GridConditioning`), clamped every step; ``row_cond`` / ``col_cond`` /
     ``ind_cond`` are handed to the denoisers (module docstring); ``batching``: :class:`Batching`.
-    ``progress(i, n)`` is called after step i (1-based); ``interrupt()`` before each model evaluation: it may raise
-    (a host's cancel exception) or return True, which raises InterruptedError.
+    ``progress`` (a :class:`~vscene_engine.runtime.Progress`): ``update(i, n, stage="compose")`` after step i
+    (1-based), ``check_interrupt()`` before each model evaluation (raising aborts).
 
     x0_hook(step, n_steps, level, x0_flat) -> x0_flat' (optional, e.g. ``aware3d.make_3d_aware_hook``): called once
     per step (0-based index; level = the step's sigma or timestep) on the composed x0 grid flattened view-major,
@@ -706,7 +705,7 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
     # 3. the composed denoiser
     known = None if conditioning is None else conditioning.known(noise)
     model = ComposedDenoiser(row_fn, col_fn, rw, ind_fn=ind_fn, row_cond=row_cond, col_cond=col_cond,
-                             ind_cond=ind_cond, known=known, x0_hook=x0_hook, interrupt=interrupt,
+                             ind_cond=ind_cond, known=known, x0_hook=x0_hook, progress=progress,
                              batching=batching)
     if model.world > 1:
         _check_same_noise(noise, model.rank, model.world, batching.group)
@@ -719,8 +718,8 @@ def compose_sample(noise: torch.Tensor, row_fn: Denoiser | None, col_fn: Denoise
         lv = sigmas.sigmas(steps)
         levels = [float(v) for v in lv]
         x = noise * levels[0]
-    x = _SAMPLE_FNS[sampler](model, x, lv, callback=None if progress is None else
-                             (lambda d: progress(d["i"] + 1, steps)))
+    progress = as_progress(progress)
+    x = _SAMPLE_FNS[sampler](model, x, lv, callback=lambda d: progress.update(d["i"] + 1, steps, stage="compose"))
     # 5. the known entries exactly, and the report
     if known is not None:
         x = known.clamp_x0(x)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_write
 from .distributed import all_mean, broadcast_flag, ddp_no_buffer_sync, dist_state, sample_index, seed_mix
+from .runtime import Progress, as_progress
 
 __all__ = ["DDPNetConfig", "DDPNet", "choose_timestep", "latent_input", "frames_input", "save_ddpnet", "load_ddpnet",
            "train_ddpnet", "make_leap_reward", "policy_plot", "save_training_sample", "load_training_samples",
@@ -58,7 +59,6 @@ EXPLORE = ("sample", "egreedy")
 BASELINES = ("global", "per_sample")
 HIGHLIGHT = (1.0, 0.55, 0.0)  # colour (RGB 0..1) of the chosen bar in :func:`policy_plot`
 _BAR = (0.33, 0.47, 0.72)
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 # =========================================================================================== config
@@ -616,8 +616,7 @@ _OK, _BAD_LOGITS, _REWARD_ERROR = 0.0, 1.0, 2.0
 
 def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callable, steps: int, lr: float = 1e-3,
                  batch: int = 4, explore: str = "sample", epsilon: float = 0.1, entropy: float = 0.01,
-                 baseline_momentum: float = 0.9, seed: int = 0, progress: ProgressFn | None = None,
-                 interrupt: Callable[[], None] | None = None, checkpoint=None, checkpoint_every: int = 50,
+                 baseline_momentum: float = 0.9, seed: int = 0, progress: Progress | None = None, checkpoint=None, checkpoint_every: int = 50,
                  resume: bool = True, baseline: str = "global", normalize_advantage: bool = True,
                  grad_accum: int = 1, distributed: bool | None = None) -> dict:
     """Train the policy ``net`` in place as a contextual bandit (REINFORCE); return the history.
@@ -649,7 +648,7 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
     uniforms of one process with ``batch`` x W (same sampled actions while the weights agree) and reproduce one
     process with ``batch`` and ``grad_accum`` = W bit for bit for W = 2 (up to float summation order for larger W).
     A non-finite reward / logit / loss / gradient, or a reward_fn ValueError, on any rank raises ValueError on every
-    rank. interrupt() must answer alike on every rank (otherwise torchrun tears the group down). The process group
+    rank. progress.check_interrupt() must answer alike on every rank (otherwise torchrun tears the group down). The process group
     is left as it is (see :func:`train_from_folder`, which cleans up a group it created).
 
     checkpoint: a .safetensors path; weights + Adam state + step + baseline + history are written there
@@ -658,15 +657,15 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
     the new lr applies; the split of the global batch into ranks x batch x grad_accum may change); resuming gives
     bit-identical results to an uninterrupted run. A checkpoint at or beyond ``steps`` only loads (no training).
     Under DDP every rank reads it (a shared filesystem; ranks that disagree on the step raise ValueError).
-    progress("ddpnet", step, steps) after each step (every rank); interrupt() before each step (raise to abort; the
-    last checkpoint stays intact). A non-finite reward, logit, loss or gradient raises ValueError naming the step
+    progress (:class:`~vscene_engine.runtime.Progress`): ``update(step, steps, stage="ddpnet", loss=)`` after each
+    step (every rank), ``check_interrupt()`` before each step (raise to abort; the last checkpoint stays intact). A non-finite reward, logit, loss or gradient raises ValueError naming the step
     (nothing is written for that step; the net keeps its last good weights).
 
     Returns dict(reward, loss, entropy: per-step lists (all steps, including resumed ones; rank-averaged), bins,
     greedy_histogram (greedy choices over all samples at the end), steps, resumed_from (step or None), settings,
     rank, world_size, local (this rank's own reward / loss / entropy for the steps this call ran)).
     """
-    progress, interrupt = progress or (lambda *a: None), interrupt or (lambda: None)
+    progress = as_progress(progress)
     rank, world = dist_state(distributed)
     s = _settings(lr, batch, explore, epsilon, entropy, baseline_momentum, seed, baseline, normalize_advantage,
                   grad_accum, world)
@@ -698,7 +697,7 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
     G = s["global_batch"]
     local_hist = {"reward": [], "loss": [], "entropy": []}
     while st.step < int(steps):
-        interrupt()
+        progress.check_interrupt()
         step = st.step + 1
         idx_all, u_all = _step_draws(s["seed"], step - 1, n, G)
         micro, rows_local, err = [], torch.zeros(A * B, 4, dtype=torch.float64), None
@@ -786,7 +785,7 @@ def train_ddpnet(net: DDPNet, samples: Sequence[torch.Tensor], reward_fn: Callab
         if checkpoint is not None and (step % every == 0 or step == int(steps)):
             _rank0_write(lambda: _save_checkpoint(checkpoint, net, opt, st, s, n), rank, W, dev,
                          f"the checkpoint {checkpoint} at step {step}")
-        progress("ddpnet", step, int(steps))
+        progress.update(step, int(steps), stage="ddpnet", loss=st.history["loss"][-1])
     if world > 1:
         del wrapped
     net.eval()
@@ -979,8 +978,8 @@ def train_from_folder(folder, out, model=None, steps: int = 300, lr: float = 1e-
                       explore: str = "sample", epsilon: float = 0.1, entropy: float = 0.01, seed: int = 0,
                       n_bins: int = 10, t_min: int = 100, t_max: int = 900, width: int = 32,
                       input_size: tuple = (8, 16, 24), baseline: str = "per_sample", checkpoint=None,
-                      checkpoint_every: int = 50, resume: bool = True, progress: ProgressFn | None = None,
-                      interrupt: Callable[[], None] | None = None, grad_accum: int = 1,
+                      checkpoint_every: int = 50, resume: bool = True, progress: Progress | None = None,
+                      grad_accum: int = 1,
                       distributed: bool | None = None) -> dict:
     """Train a latent DDPNet on a folder of samples with the frozen student as the reward; write it to ``out``.
 
@@ -990,7 +989,8 @@ def train_from_folder(folder, out, model=None, steps: int = 300, lr: float = 1e-
     out: the DDPNet .safetensors to write (atomic; only after training succeeded).
     model: the loaded :class:`~vscene_engine.videomodel.VideoModel` whose transformer is the (VideoScene) student
       (``cogvideo_load.load_video_model``). Required.
-    steps, lr, batch, explore ("sample" | "egreedy"), epsilon, entropy, seed, grad_accum: see :func:`train_ddpnet`.
+    steps, lr, batch, explore ("sample" | "egreedy"), epsilon, entropy, seed, grad_accum, progress: see
+    :func:`train_ddpnet`.
     n_bins, t_min, t_max (T'), width, input_size: the :class:`DDPNetConfig` (in_channels from the latents).
     baseline: "per_sample" (default here: scenes differ a lot in reachable MSE) or "global".
     checkpoint / checkpoint_every / resume: see :func:`train_ddpnet` (e.g. ``out`` + ".ckpt.safetensors").
@@ -1027,7 +1027,7 @@ def train_from_folder(folder, out, model=None, steps: int = 300, lr: float = 1e-
         reward_fn = make_leap_reward(model, render, gt, image, seed=seed)
         samples = [r[0].permute(1, 0, 2, 3) for r in render]  # [1,T,C,h,w] -> [C,T,h,w]
         hist = train_ddpnet(net, samples, reward_fn, steps, lr=lr, batch=batch, explore=explore, epsilon=epsilon,
-                            entropy=entropy, seed=seed, progress=progress, interrupt=interrupt, checkpoint=checkpoint,
+                            entropy=entropy, seed=seed, progress=progress, checkpoint=checkpoint,
                             checkpoint_every=checkpoint_every, resume=resume, baseline=baseline,
                             grad_accum=grad_accum, distributed=world > 1)
         last = hist["reward"][-20:]

@@ -46,32 +46,17 @@ def run(args) -> int:
     from .pipeline import coarse_video, make_path, reconstruct
     from .ply import write_ply
     from .rasterize import render
+    from .runtime import TqdmProgress
     from .synthetic import demo_cameras, procedural_scene
     from .video import write_video
     from .views import ViewPair, make_view_pair
 
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
     if args.frames < 2:
         raise ValueError("--frames must be at least 2 (a camera path needs two ends)")
     torch.manual_seed(args.seed)
     white = (1.0, 1.0, 1.0)
     t_all = time.perf_counter()
     timings = {}
-
-    def bar(total, desc):
-        if tqdm is None:
-            return lambda *a: None
-        t = tqdm(total=total, desc=desc, unit="it")
-
-        def upd(done, *rest):
-            t.update(done - t.n)
-            if done >= total:
-                t.close()
-
-        return upd
 
     # 1. truth and photos
     t0 = time.perf_counter()
@@ -95,7 +80,7 @@ def run(args) -> int:
     # 3. coarse prior video along the path (and the truth along the true path, for the metrics)
     t0 = time.perf_counter()
     path = make_path(views, frames=args.frames)
-    cv = coarse_video(views, path, background=white, progress=bar(len(path), "coarse video"))
+    cv = coarse_video(views, path, background=white, progress=TqdmProgress("coarse video"))
     timings["coarse_video_s"] = time.perf_counter() - t0
     true_path = make_path(ViewPair(photos, true_views, float(true_views.near[0]), float(true_views.far[0])),
                           frames=args.frames)
@@ -110,7 +95,7 @@ def run(args) -> int:
     small_views = ViewPair(resize_image(views.images, rw, rh), views.cameras.resized(rw, rh), views.near, views.far)
     rec = reconstruct(resize_image(cv.frames, rw, rh), path.resized(rw, rh), small_views, cv.scene,
                       iters=args.recon_iters, background=white, seed=args.seed,
-                      progress=bar(args.recon_iters, "reconstruct"))
+                      progress=TqdmProgress("reconstruct"))
     timings["reconstruct_s"] = time.perf_counter() - t0
     with torch.no_grad():
         recon_frames = torch.stack([render(rec.scene, path[i], background=white).rgb[0].clamp(0, 1)

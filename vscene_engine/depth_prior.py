@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .cameras import Cameras
 from .gaussians import GaussianScene
+from .runtime import Progress, as_progress
 from .synthetic import depth_to_gaussians
 
 __all__ = ["depth_prior", "fit_depth_scale", "depth_from_image", "maps_to_views", "snap_depth_edges",
@@ -187,12 +188,13 @@ def depth_prior(
     sh_degree: int = 0,
     align_scale: bool = False,
     edge_snap: float = 0.1,
-    check_interrupt: Optional[Callable] = None,
+    progress: Optional[Progress] = None,
 ):
     """Pixel-aligned Gaussians from two depth maps (see the module docstring) -> :class:`~vscene_engine.prior.
     PriorResult` with ``depth`` (after scale alignment and edge snapping), ``confidence``, ``valid`` (kept pixels)
     and info (``method``, ``n_gaussians`` and ``n_snapped`` per view, ``depth_scale`` per view, ``scale_fit`` when
-    aligned, ``time_s``). ``edge_snap``: see :func:`snap_depth_edges` (0 = off)."""
+    aligned, ``time_s``). ``edge_snap``: see :func:`snap_depth_edges` (0 = off). ``progress``: a
+    :class:`~vscene_engine.runtime.Progress` (only ``check_interrupt()`` is called)."""
     from .prior import PriorResult
 
     t0 = time.perf_counter()
@@ -230,8 +232,7 @@ def depth_prior(
     if float(edge_snap) > 0:
         d, moved = snap_depth_edges(d, float(edge_snap))
         n_snapped = moved.flatten(1).sum(1).tolist()
-    if check_interrupt is not None:
-        check_interrupt()
+    as_progress(progress).check_interrupt()
     parts = []
     for i in range(2):
         op = float(opacity) * ((0.25 + 0.75 * conf[i]) if opacity_from_confidence else torch.ones_like(conf[i]))

@@ -46,7 +46,8 @@ Distributed: under ``torchrun`` (or with a process group already initialised, se
 CUDA, gloo on CPU) the student is wrapped in ``DistributedDataParallel``, each rank takes its share of the global
 batch, the logged loss is averaged over ranks, only rank 0 writes checkpoints (the others wait and learn whether
 the write succeeded). Failures: a non-finite loss or gradient norm raises ValueError on every rank (nothing is
-written for that step); ``interrupt()`` is called before every step (raise to stop; the last checkpoint stays).
+written for that step); ``progress.check_interrupt()`` is called before every step (raise to stop; the last
+checkpoint stays).
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -74,6 +75,7 @@ from .distributed import (all_mean, broadcast_flag, ddp_no_buffer_sync, dist_sta
                           seed_mix)
 from .leap import rotary_embedding
 from .schedule import add_noise, x0_from_output
+from .runtime import Progress, as_progress
 from .videomodel import VideoModel
 
 __all__ = ["DistillConfig", "DistillResult", "LatentDataset", "boundary_coefs", "consistency_fn",
@@ -88,9 +90,6 @@ CKPT_VERSION = "1"
 SAMPLE_KEYS = ("render_latents", "image_latents")
 _NO_SAMPLES = "(expected *.safetensors with render_latents, image_latents)"
 _OPT_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
-
-ProgressFn = Callable[[int, int, float], None]  # (step, total, rank-averaged loss)
-
 
 # =========================================================================================== configuration
 @dataclass
@@ -796,8 +795,7 @@ def _prepare_out(out, resume, overwrite: bool) -> Path | None:
 
 def distill(model: VideoModel, data, out=None, *, config: DistillConfig | None = None, resume=None,
             student: torch.nn.Module | None = None, overwrite: bool = False, distributed: bool | None = None,
-            progress: ProgressFn | None = None, interrupt: Callable[[], None] | None = None,
-            **overrides) -> DistillResult:
+            progress: Progress | None = None, **overrides) -> DistillResult:
     """Leap-flow (consistency) distillation of ``model.transformer`` (the frozen teacher) into a student.
 
     model: the base :class:`VideoModel` (teacher, scheduler config, prompt embedding, negative embedding for CFG,
@@ -806,9 +804,10 @@ def distill(model: VideoModel, data, out=None, *, config: DistillConfig | None =
     resume: a checkpoint to continue from (same settings, else ValueError); it may be ``out`` itself.
     student: the module to train (default: a deep copy of the teacher, bf16/fp16 tensors cast to fp32; its
     trainable tensors are overwritten on resume; never the teacher itself). distributed: None = auto (an initialised
-    process group or torchrun's env), False = off. progress(step, total, loss) after every step (every rank, the
-    rank-averaged loss); interrupt() before every step (raise to stop; under DDP it must answer alike on every rank,
-    otherwise torchrun tears the group down when the raising rank exits).
+    process group or torchrun's env), False = off. progress (:class:`~vscene_engine.runtime.Progress`):
+    ``update(step, total, stage="distill", loss=)`` after every step (every rank, the rank-averaged loss);
+    ``check_interrupt()`` before every step (raise to stop; under DDP it must answer alike on every rank, otherwise
+    torchrun tears the group down when the raising rank exits).
     Returns a :class:`DistillResult`.
     """
     t_start = time.perf_counter()
@@ -862,24 +861,22 @@ def distill(model: VideoModel, data, out=None, *, config: DistillConfig | None =
                    embeds=model.prompt_embeds.to(device), rope=rotary_embedding(model, T, h, w, device),
                    negative=(model.negative_prompt_embeds.to(device) if cfg.cfg_scale > 1.0 else None),
                    device=device, rank=rank, world=world, losses=history)
-        saved = _run_loop(ctx, start, out, fingerprint, progress, interrupt)
+        saved = _run_loop(ctx, start, out, fingerprint, as_progress(progress))
     return DistillResult(step=max(start, cfg.steps), losses=list(ctx.losses), local_losses=list(ctx.local_losses),
                          checkpoint=out, saved=saved, student=raw, ema=ema, trainable=names, rank=rank,
                          world_size=world, seconds=time.perf_counter() - t_start)
 
 
-def _run_loop(ctx: _Ctx, start: int, out: Path | None, fingerprint: dict, progress, interrupt) -> list[int]:
+def _run_loop(ctx: _Ctx, start: int, out: Path | None, fingerprint: dict, progress: Progress) -> list[int]:
     """Steps start+1 .. cfg.steps with logging, progress, periodic and final checkpoints; returns the saved steps."""
     cfg, saved = ctx.cfg, []
     for s in range(start, cfg.steps):
-        if interrupt is not None:
-            interrupt()
+        progress.check_interrupt()
         with _seeded_global_rng(seed_mix("step", cfg.seed, s), ctx.device):
             loss = _train_step(ctx, s)
         ctx.losses.append(loss)
         step = s + 1
-        if progress is not None:
-            progress(step, cfg.steps, loss)
+        progress.update(step, cfg.steps, stage="distill", loss=loss)
         if ctx.rank == 0 and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
             log.info("distill step %d/%d loss %.6f", step, cfg.steps, loss)
         if out is not None and ((cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps):
@@ -958,11 +955,15 @@ def _config_from_args(a) -> DistillConfig:
                          gradient_checkpointing=a.gradient_checkpointing)
 
 
-def _print_progress(rank: int):
-    def fn(step, total, loss):
-        if rank == 0:
-            print(f"[{step}/{total}] loss {loss:.6f}", file=sys.stderr, flush=True)
-    return fn
+class _PrintProgress(Progress):
+    """One ``[step/total] loss`` line per step on stderr, from rank 0 only."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def update(self, done, total, *, stage=None, loss=None, preview=None) -> None:
+        if self.rank == 0:
+            print(f"[{done}/{total}] loss {loss:.6f}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -991,7 +992,7 @@ def main(argv=None) -> int:
                                  negative_prompt_embeds=args.negative_prompt_embeds, device=device,
                                  dtype=args.dtype)
         res = distill(model, data, args.out, config=cfg, resume=resume, overwrite=args.overwrite,
-                      progress=_print_progress(info.rank))
+                      progress=_PrintProgress(info.rank))
         if info.rank == 0:
             print(f"trained steps {res.step} ({len(res.trainable)} tensors, {res.world_size} process(es), "
                   f"{res.seconds:.1f} s); final loss {res.losses[-1]:.6f}; checkpoint {args.out}")

@@ -44,6 +44,7 @@ from .schedule import REFERENCE_TIMESTEP
 # schedule math re-exported for compose.py / replicate.py, which other helpers move to ``VideoModel.schedule``
 from .schedule import add_noise, alphas_cumprod, velocity, x0_from_output  # noqa: F401
 from .schedule import ddim_timesteps as teacher_timesteps  # noqa: F401
+from .runtime import Progress, as_progress
 from .videomodel import VideoModel
 
 __all__ = ["SampleResult", "leap_timesteps", "prepare_inputs", "encode_conditioning", "video_latents",
@@ -51,7 +52,6 @@ __all__ = ["SampleResult", "leap_timesteps", "prepare_inputs", "encode_condition
            "teacher_sample", "ASPECT_MODES"]
 
 ASPECT_MODES = ("stretch", "crop", "pad")
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass
@@ -277,10 +277,6 @@ def decode_latents(model: VideoModel, x0: torch.Tensor, vae_tiling: bool) -> tor
     return (px[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 0, 2, 3)
 
 
-def _noop(*_a, **_k):
-    return None
-
-
 class _Held:
     """``model.placer.use(name, module)`` held open, releasable and re-acquirable (for x0 hooks that need the VAE)."""
 
@@ -336,28 +332,29 @@ def _sync(device) -> None:
 def leap_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, video: torch.Tensor,
                 timestep: int = REFERENCE_TIMESTEP, seed: int = 0, steps: int = 1, aspect: str = "stretch",
                 view_filter: str = "nearest", vae_tiling: bool = False,
-                progress: ProgressFn | None = None, interrupt: Callable[[], None] | None = None) -> SampleResult:
+                progress: Progress | None = None) -> SampleResult:
     """VideoScene student: noise the coarse video's latents to ``timestep`` and leap to x0.
 
     first, last: [H, W, 3]; video: [F, H', W', 3] float 0..1 (F must suit the model: 49 for CogVideoX-5B I2V).
     steps = 1 is the reference; steps > 1 re-noises x0 to each of :func:`leap_timesteps` (consistency sampling).
     aspect: "stretch" (reference), "crop" (centre crop; output at the crop size) or "pad" (reflect-pad; output at
-    the input size). progress(stage, done, total) and interrupt() (raises to abort) are called between stages.
+    the input size). progress (:class:`~vscene_engine.runtime.Progress`): ``update(done, total, stage=)`` after the
+    stages "encode" / "denoise" / "decode", ``check_interrupt()`` between them.
     """
-    progress, interrupt = progress or _noop, interrupt or _noop
+    progress = as_progress(progress)
     sched = model.schedule
     ts = leap_timesteps(sched.check_timestep(timestep), steps)
     total = 2 + len(ts)
     times = {}
     t0 = time.perf_counter()
     inputs = prepare_inputs(model, first, last, video, aspect, view_filter)
-    interrupt()
+    progress.check_interrupt()
     gen = torch.Generator("cpu").manual_seed(int(seed))
     cond = encode_conditioning(model, inputs, gen, vae_tiling)
     _sync(model.device)
     times["encode_s"] = time.perf_counter() - t0
-    progress("encode", 1, total)
-    interrupt()
+    progress.update(1, total, stage="encode")
+    progress.check_interrupt()
     lat = cond["video_latents"]
     noise = _randn(lat.shape, gen, lat)
     x = sched.add_noise(lat, noise, ts[0])
@@ -370,8 +367,8 @@ def leap_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, vide
         for i, t in enumerate(ts):
             out = transformer_output(tr, x.to(model.dtype), img, t, embeds, rope)
             x0 = sched.x0_from_output(out, x.to(out.dtype), t)
-            progress("denoise", 2 + i, total)
-            interrupt()
+            progress.update(2 + i, total, stage="denoise")
+            progress.check_interrupt()
             if i + 1 < len(ts):
                 x = sched.add_noise(x0, _randn(x0.shape, gen, x0), ts[i + 1])
         _sync(model.device)
@@ -379,7 +376,7 @@ def leap_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, vide
     t2 = time.perf_counter()
     frames = decode_latents(model, x0, vae_tiling)
     times["decode_s"] = time.perf_counter() - t2
-    progress("decode", total, total)
+    progress.update(total, total, stage="decode")
     out = _restore(frames, inputs["plan"]).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
     latents = (x0.float().cpu() / model.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
     info = dict(times, sigma=cond["sigma"], model_size=inputs["size"], aspect=aspect, seed=int(seed),
@@ -391,8 +388,7 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
                    steps: int = 50, guidance: float = 1.0, seed: int = 0, init: str = "noise",
                    start_timestep: int | None = None, aspect: str = "stretch", view_filter: str = "nearest",
                    vae_tiling: bool = False, frames: int | None = None,
-                   progress: ProgressFn | None = None, interrupt: Callable[[], None] | None = None,
-                   x0_hook: Callable | None = None) -> SampleResult:
+                   progress: Progress | None = None, x0_hook: Callable | None = None) -> SampleResult:
     """Multi-step DDIM (eta = 0) sampler of the base model on the student's conditioning.
 
     init="noise": start from pure noise at the first timestep of the schedule (the base model's own generation;
@@ -407,8 +403,9 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
     this layout) before the update, which then uses the returned x0 (eps is implied by x_t and x0, as in VideoMV).
     A hook with a ``selects(step, n_steps)`` method is called with the transformer's placement released on the
     steps it selects (so it may use the VAE under an offloading placer). x0_hook=None: unchanged sampler.
+    progress: as in :func:`leap_sample`.
     """
-    progress, interrupt = progress or _noop, interrupt or _noop
+    progress = as_progress(progress)
     if init not in ("noise", "video"):
         raise ValueError(f"init must be 'noise' or 'video', got {init!r}")
     if init == "video" and (video is None or start_timestep is None):
@@ -426,8 +423,8 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
     gen = torch.Generator("cpu").manual_seed(int(seed))
     cond = encode_conditioning(model, inputs, gen, vae_tiling, encode_video=(init == "video"))
     _sync(model.device)
-    progress("encode", 1, steps + 2)
-    interrupt()
+    progress.update(1, steps + 2, stage="encode")
+    progress.check_interrupt()
     sched = model.schedule
     ts = sched.timesteps(steps, start=start_timestep if init == "video" else None)
     img = cond["image_latents"].to(model.dtype)
@@ -461,13 +458,13 @@ def teacher_sample(model: VideoModel, first: torch.Tensor, last: torch.Tensor, v
                 x0 = _call_x0_hook(x0_hook, held, i, len(ts), int(t), x0)
                 tr = held.module
             x = sched.ddim_update(x_t, x0, t, steps).to(model.dtype)
-            progress("denoise", 2 + i, len(ts) + 2)
-            interrupt()
+            progress.update(2 + i, len(ts) + 2, stage="denoise")
+            progress.check_interrupt()
         _sync(model.device)
     t2 = time.perf_counter()
     frames_out = decode_latents(model, x, vae_tiling)
     t3 = time.perf_counter()
-    progress("decode", len(ts) + 2, len(ts) + 2)
+    progress.update(len(ts) + 2, len(ts) + 2, stage="decode")
     out = _restore(frames_out, inputs["plan"]).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
     latents = (x.float().cpu() / model.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
     info = {"encode_s": t1 - t0, "transformer_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0,

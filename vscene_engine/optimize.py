@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -48,10 +48,11 @@ from .cameras import Cameras
 from .gaussians import GaussianScene, quat_normalize, quat_to_rotmat
 from .losses import photometric_loss, psnr
 from .rasterize import render
+from .runtime import Progress, as_progress
 from .sh import MAX_SH_DEGREE, num_sh_coeffs, rgb_to_sh_dc
 
 __all__ = [
-    "fit_scene", "FitResult", "GaussianParams", "DEFAULT_LR", "DEFAULT_DENSIFY", "default_bbox", "random_init",
+    "fit_scene", "FitConfig", "FitResult", "GaussianParams", "DEFAULT_LR", "DEFAULT_DENSIFY", "default_bbox", "random_init",
     "camera_extent",
 ]
 
@@ -84,6 +85,39 @@ _GROUPS = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 _LR_KEY = {"means": "means", "log_scales": "scale", "quats": "rot", "opacity_logits": "opacity", "sh_dc": "sh_dc",
            "sh_rest": "sh_rest"}
 _MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+# ------------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of :func:`fit_scene` (defaults: 3DGS's).
+
+    iters: optimisation steps. lr: overrides of :data:`DEFAULT_LR` keys (None: the defaults).
+    lambda_dssim: SSIM weight of :func:`~vscene_engine.losses.photometric_loss`.
+    sh_degree: final SH degree (0..4); the active degree rises by 1 every ``sh_every`` iterations (3DGS: 1000).
+    batch_views: views per iteration (their losses are averaged). seed: seeds all randomness.
+    densify: None (off), True (:data:`DEFAULT_DENSIFY`) or a dict overriding some of its keys.
+    n_init, bbox, init_scale: the random initialisation when no ``init`` scene is given: :func:`random_init` with
+        ``n_init`` points in ``bbox`` (``(lo, hi)`` or :func:`default_bbox`), scale
+        ``init_scale·(box volume/n)^(1/3)``.
+    eval_every: every this many iterations (and at the last one) also measure the mean PSNR on the evaluation views
+        -> ``history[i]["eval_psnr"]`` (0: never).
+    scene_extent: overrides :func:`camera_extent` (scales the means lr and the densify size thresholds).
+    """
+
+    iters: int = 3000
+    lr: Optional[dict] = None
+    lambda_dssim: float = 0.2
+    sh_degree: int = 3
+    sh_every: int = 1000
+    batch_views: int = 1
+    seed: int = 0
+    densify: Union[None, bool, dict] = None
+    n_init: int = 20000
+    bbox: Optional[tuple] = None
+    init_scale: float = 0.7
+    eval_every: int = 0
+    scene_extent: Optional[float] = None
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -439,27 +473,14 @@ def fit_scene(
     images: torch.Tensor,
     cameras: Cameras,
     init: Optional[GaussianScene] = None,
+    config: Optional[FitConfig] = None,
     *,
-    n_init: int = 20000,
-    bbox=None,
-    init_scale: float = 0.7,
-    iters: int = 3000,
-    lr: Optional[dict] = None,
-    lambda_dssim: float = 0.2,
     background: Sequence[float] = (0.0, 0.0, 0.0),
-    sh_degree: int = 3,
-    sh_every: int = 1000,
-    batch_views: int = 1,
-    seed: int = 0,
-    densify=None,
-    progress: Optional[Callable] = None,
-    check_interrupt: Optional[Callable] = None,
-    eval_every: int = 0,
     eval_images: Optional[torch.Tensor] = None,
     eval_cameras: Optional[Cameras] = None,
     final_eval: bool = True,
-    scene_extent: Optional[float] = None,
     history_out: Optional[list] = None,
+    progress: Optional[Progress] = None,
     device=None,
 ) -> FitResult:
     """Optimise a Gaussian scene so that its renders match ``images`` from ``cameras``.
@@ -467,25 +488,17 @@ def fit_scene(
     Args:
         images: ``[V,H,W,3]`` float in 0..1, one per camera (RGBA must be composited over ``background`` first).
         cameras: :class:`Cameras` with ``V`` views of ``width x height == W x H``.
-        init: starting scene; None -> :func:`random_init` with ``n_init`` points in ``bbox`` (``(lo, hi)`` or
-            :func:`default_bbox`), scale ``init_scale·(box volume/n)^(1/3)``.
-        iters: optimisation steps. lr: overrides of :data:`DEFAULT_LR` keys.
-        lambda_dssim: SSIM weight of :func:`~vscene_engine.losses.photometric_loss`.
+        init: starting scene; None -> a random initialisation (``config.n_init`` points, see :class:`FitConfig`).
+        config: :class:`FitConfig` (None: its defaults).
         background: RGB the renders are composited over (use the images' background: (1,1,1) for NeRF-synthetic).
-        sh_degree: final SH degree (0..4); the active degree rises by 1 every ``sh_every`` iterations (3DGS: 1000).
-        batch_views: views per iteration (their losses are averaged). seed: seeds all randomness.
-        densify: None (off), True (:data:`DEFAULT_DENSIFY`) or a dict overriding some of its keys.
-        progress: ``progress(it, loss, preview_rgb)`` after every iteration (``it`` 1-based, ``loss`` float,
-            ``preview_rgb [H,W,3]`` the detached render of the iteration's first view, clamped to 0..1).
-        check_interrupt: called every iteration and inside rendering; raise from it to abort (the exception
-            propagates).
-        eval_every: every this many iterations (and at the last one) also measure the mean PSNR on
-            ``eval_images``/``eval_cameras`` (default: all training views) -> ``history[i]["eval_psnr"]``.
-            Renders are clamped to 0..1 before every PSNR.
+        eval_images, eval_cameras: the views of ``config.eval_every`` (default: all training views). Renders are
+            clamped to 0..1 before every PSNR.
         final_eval: render every training view at the end for :attr:`FitResult.psnr_per_view`.
-        scene_extent: overrides :func:`camera_extent` (scales the means lr and the densify size thresholds).
-        history_out: optional list that receives the history records live (before ``progress`` is called); it is
+        history_out: optional list that receives the history records live (before ``progress.update``); it is
             also the list returned as :attr:`FitResult.history`.
+        progress: :class:`~vscene_engine.runtime.Progress`; ``update(it, iters, stage="fit", loss=, preview=)``
+            after every iteration (``it`` 1-based, ``preview [H,W,3]`` the detached render of the iteration's first
+            view, clamped to 0..1); ``check_interrupt()`` every iteration and inside rendering (raising aborts).
         device: torch device (default: the images' device).
 
     Returns:
@@ -494,7 +507,14 @@ def fit_scene(
     Raises:
         ValueError for inconsistent inputs; RuntimeError when the loss or a parameter becomes non-finite.
     """
+    c = config if config is not None else FitConfig()
+    if not isinstance(c, FitConfig):
+        raise ValueError(f"config must be a FitConfig, got {type(c).__name__}")
+    iters, lr, lambda_dssim, sh_degree, sh_every, batch_views, seed, densify = (
+        c.iters, c.lr, c.lambda_dssim, c.sh_degree, c.sh_every, c.batch_views, c.seed, c.densify)
+    n_init, bbox, init_scale, eval_every, scene_extent = c.n_init, c.bbox, c.init_scale, c.eval_every, c.scene_extent
     t_start = time.perf_counter()
+    progress = as_progress(progress)
     images = _check_inputs(images, cameras)
     iters = int(iters)
     if iters < 1:
@@ -551,7 +571,7 @@ def fit_scene(
     stats = _DensifyStats(len(model), dev) if dcfg else None
 
     def render_views(scene, cam, deg):
-        return render(scene, cam, bg, sh_degree=deg, check_interrupt=check_interrupt).rgb
+        return render(scene, cam, bg, sh_degree=deg, progress=progress).rgb
 
     def evaluate(cam_batch, imgs, deg) -> torch.Tensor:
         with torch.no_grad():
@@ -563,8 +583,7 @@ def fit_scene(
     history = history_out if history_out is not None else []
     order = torch.zeros(0, dtype=torch.long)
     for it in range(1, iters + 1):
-        if check_interrupt is not None:
-            check_interrupt()
+        progress.check_interrupt()
         # learning-rate schedule of the means (log-linear, 3DGS get_expon_lr_func without delay)
         t = (it - 1) / max(iters - 1, 1)
         model.set_lr("means", math.exp((1 - t) * math.log(max(lr_m0, 1e-30)) + t * math.log(max(lr_m1, 1e-30)))
@@ -627,8 +646,7 @@ def fit_scene(
         if eval_every and (it % int(eval_every) == 0 or it == iters):
             rec["eval_psnr"] = float(evaluate(ev_cams, ev_imgs, active).mean())
         history.append(rec)
-        if progress is not None:
-            progress(it, rec["loss"], preview)
+        progress.update(it, iters, stage="fit", loss=rec["loss"], preview=preview)
 
     per_view = evaluate(cams, images, active).tolist() if final_eval else []
     return FitResult(model.export(), history, per_view, time.perf_counter() - t_start)

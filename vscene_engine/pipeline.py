@@ -13,13 +13,17 @@ Cameras are OpenCV camera-to-world (+x right, +y down, +z forward), images float
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
 from .cameras import Cameras
 from .gaussians import GaussianScene
+from .runtime import Progress, as_progress
 from .views import ViewPair
+
+if TYPE_CHECKING:
+    from .prior import PriorConfig
 
 __all__ = ["make_path", "coarse_video", "reconstruct", "CoarseVideo", "Reconstruction", "PATH_KINDS"]
 
@@ -61,36 +65,39 @@ class CoarseVideo:
     confidence: torch.Tensor
 
 
-def coarse_video(views: ViewPair, path: Cameras, *, method: str = "stereo", background: Sequence[float] = (0, 0, 0),
-                 prior_kwargs: Optional[dict] = None, progress: Optional[Callable] = None,
-                 check_interrupt: Optional[Callable] = None, prior=None) -> CoarseVideo:
+def coarse_video(views: ViewPair, path: Cameras, *, background: Sequence[float] = (0, 0, 0),
+                 config: Optional[PriorConfig] = None, mvsplat=None, depth: Optional[torch.Tensor] = None,
+                 confidence: Optional[torch.Tensor] = None, progress: Optional[Progress] = None,
+                 prior=None) -> CoarseVideo:
     """Coarse prior from the two views, rendered at every camera of ``path``.
 
-    progress(done, total, preview_rgb_or_None) is called per rendered frame. ``prior``: an already computed
+    ``config`` (:class:`~vscene_engine.prior.PriorConfig`, default method "stereo"), ``mvsplat``, ``depth`` and
+    ``confidence`` go to :func:`~vscene_engine.prior.coarse_prior`; method "depth" without ``depth`` uses the views'
+    own depth and confidence (e.g. Depth Anything 3's).
+    progress (:class:`~vscene_engine.runtime.Progress`): the prior's stages, then ``update(done, total,
+    stage="render", preview=frame)`` per rendered frame; ``check_interrupt()`` in every loop. ``prior``: an already computed
     :class:`vscene_engine.prior.PriorResult` to render instead of computing one (e.g. method "noposplat", whose
-    cameras define the path); ``method`` / ``prior_kwargs`` are then unused.
+    cameras define the path); ``config`` / ``mvsplat`` / ``depth`` / ``confidence`` are then unused.
     """
     from .prior import coarse_prior
     from .rasterize import render
 
+    progress = as_progress(progress)
     if (path.width, path.height) != (views.width, views.height):
         raise ValueError(f"path cameras are {path.width}x{path.height} but the views are {views.width}x{views.height}")
     if prior is None:
-        kw = dict(prior_kwargs or {})
-        if method == "depth" and kw.get("depth") is None:  # the views' own depth (e.g. Depth Anything 3's)
-            kw.update(depth=views.depth,
-                      confidence=views.confidence if kw.get("confidence") is None else kw["confidence"])
-        prior = coarse_prior(views.images, views.cameras, method=method, check_interrupt=check_interrupt, **kw)
+        if config is not None and config.method == "depth" and depth is None:  # the views' own depth (e.g. DA3's)
+            depth, confidence = views.depth, views.confidence if confidence is None else confidence
+        prior = coarse_prior(views.images, views.cameras, config, mvsplat=mvsplat, depth=depth,
+                             confidence=confidence, progress=progress)
     frames, cover = [], []
     with torch.no_grad():
         for i in range(len(path)):
-            if check_interrupt is not None:
-                check_interrupt()
-            out = render(prior.scene, path[i], background=background, check_interrupt=check_interrupt)
+            progress.check_interrupt()
+            out = render(prior.scene, path[i], background=background, progress=progress)
             frames.append(out.rgb[0].clamp(0, 1))
             cover.append(out.alpha[0, ..., 0])
-            if progress is not None:
-                progress(i + 1, len(path), frames[-1])
+            progress.update(i + 1, len(path), stage="render", preview=frames[-1])
     return CoarseVideo(prior.scene, torch.stack(frames), torch.stack(cover), path, prior.depth, prior.confidence)
 
 
@@ -108,13 +115,14 @@ class Reconstruction:
 def reconstruct(frames: torch.Tensor, path: Cameras, views: Optional[ViewPair] = None,
                 init: Optional[GaussianScene] = None, *, iters: int = 600, densify: bool = True,
                 input_view_weight: int = 4, lambda_dssim: float = 0.2, background: Sequence[float] = (0, 0, 0),
-                sh_degree: int = 1, n_init: int = 20000, seed: int = 0, progress: Optional[Callable] = None,
-                check_interrupt: Optional[Callable] = None) -> Reconstruction:
+                sh_degree: int = 1, n_init: int = 20000, seed: int = 0,
+                progress: Optional[Progress] = None) -> Reconstruction:
     """Fit a scene to ``frames`` [F,H,W,3] seen from ``path`` (+ the two real views of ``views``, each repeated
     ``input_view_weight`` times so the photos outweigh single synthetic frames). ``init``: starting scene (e.g. the
-    coarse prior) or None for random initialisation. progress(it, total, loss, preview) per iteration."""
+    coarse prior) or None for random initialisation. progress: :class:`~vscene_engine.runtime.Progress`, handed
+    to :func:`~vscene_engine.optimize.fit_scene` (``update(it, iters, stage="fit", loss=, preview=)``)."""
     from .losses import psnr
-    from .optimize import fit_scene
+    from .optimize import FitConfig, fit_scene
     from .rasterize import render
 
     if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3:
@@ -138,14 +146,10 @@ def reconstruct(frames: torch.Tensor, path: Cameras, views: Optional[ViewPair] =
     all_imgs = torch.cat(imgs)
     all_cams = Cameras.cat([c.to(dtype=torch.float32) for c in cams])
 
-    def _progress(it, loss, preview=None):
-        if progress is not None:
-            progress(it, iters, loss, preview)
-
-    fit = fit_scene(all_imgs, all_cams, init=init, n_init=n_init, iters=iters, lambda_dssim=lambda_dssim,
-                    background=background, sh_degree=sh_degree, sh_every=max(1, iters // (sh_degree + 1)),
-                    seed=seed, densify=True if densify else None, progress=_progress,
-                    check_interrupt=check_interrupt, final_eval=False)
+    cfg = FitConfig(iters=iters, lambda_dssim=lambda_dssim, sh_degree=sh_degree,
+                    sh_every=max(1, iters // (sh_degree + 1)), seed=seed, densify=True if densify else None,
+                    n_init=n_init)
+    fit = fit_scene(all_imgs, all_cams, init, cfg, background=background, progress=progress, final_eval=False)
     with torch.no_grad():
         renders = render(fit.scene, path.to(dtype=torch.float32), background=background).rgb.clamp(0, 1)
         per = {n: float(psnr(renders[i : i + 1], frames[i : i + 1].float())) for i, n in enumerate(names)}

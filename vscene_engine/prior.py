@@ -44,17 +44,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .cameras import Cameras
 from .gaussians import GaussianScene
-from .stereo import stereo_depth
+from .runtime import Progress, as_progress
+from .stereo import StereoConfig, stereo_depth
 from .synthetic import depth_to_gaussians
 
-__all__ = ["coarse_prior", "PriorResult", "render_trajectory", "fill_depth_holes", "PRIOR_METHODS"]
+__all__ = ["coarse_prior", "PriorConfig", "PriorResult", "render_trajectory", "fill_depth_holes", "PRIOR_METHODS"]
 
 PRIOR_METHODS = ("stereo", "mvsplat", "depth", "noposplat")
 
@@ -83,67 +84,76 @@ class PriorResult:
     cameras: Optional[Cameras] = None
 
 
+@dataclass(frozen=True)
+class PriorConfig:
+    """Options of :func:`coarse_prior`; each group applies to the methods named.
+
+    method: ``"stereo"`` (plane-sweep stereo), ``"mvsplat"`` (feed-forward MVSplat), ``"noposplat"`` (NoPoSplat,
+        finds the cameras too) or ``"depth"`` (given depth maps, e.g. Depth Anything 3's).
+    stereo, depth -- Gaussians from depth:
+        opacity: opacity of a fully confident Gaussian (0..1]. opacity_from_confidence: scale opacities by the
+        confidence (see the module docstring). confidence_full: confidence at and above which a Gaussian gets the
+        full ``opacity`` (stereo). min_confidence: additionally drop pixels below this confidence (the stereo step
+        has its own ``stereo.min_confidence``). scale_mult: Gaussian size in units of the pixel footprint
+        ``depth / fx``. thickness: extent along the optical axis relative to the in-plane scale. sh_degree: SH
+        degree of the scene (colour in the DC term only).
+    stereo: fill_holes: also make Gaussians for the rejected pixels, at a depth filled in from the kept ones (see
+        the module docstring), with opacity ``fill_opacity`` (False: drop them). stereo: the
+        :class:`~vscene_engine.stereo.StereoConfig` of the stereo step.
+    mvsplat: mvsplat_size, mvsplat_fit: network input size (short side, multiple of 16) and ``"crop"`` (official
+        centre crop) or ``"full"`` (whole photo); near / far: MVSplat's plane-sweep range in world units (RE10K: 1,
+        100).
+    noposplat: noposplat_intrinsics: ``"cameras"`` (feed the given cameras' K) or ``"default"`` (fx = fy = 0.8
+        normalised); noposplat_refine_steps: photometric refinement steps of camera B (0: PnP only; the release
+        uses 200).
+    depth: align_depth_scale: fit a per-view depth scale photometrically (for depth of unknown scale); edge_snap:
+        relative 3x3 depth spread above which a pixel snaps to the nearer side of the edge (0 = off).
+    """
+
+    method: str = "stereo"
+    opacity: float = 0.95
+    opacity_from_confidence: bool = True
+    confidence_full: float = 0.3
+    min_confidence: float = 0.0
+    scale_mult: float = 1.0
+    thickness: float = 1.0
+    sh_degree: int = 0
+    fill_holes: bool = True
+    fill_opacity: float = 0.5
+    stereo: StereoConfig = field(default_factory=StereoConfig)
+    mvsplat_size: int = 256
+    mvsplat_fit: str = "crop"
+    near: float = 1.0
+    far: float = 100.0
+    noposplat_intrinsics: str = "cameras"
+    noposplat_refine_steps: int = 0
+    align_depth_scale: bool = False
+    edge_snap: float = 0.1
+
+
 def coarse_prior(
     images: Tensor,
     cams: Cameras,
+    config: Optional[PriorConfig] = None,
     *,
-    method: str = "stereo",
-    opacity: float = 0.95,
-    opacity_from_confidence: bool = True,
-    confidence_full: float = 0.3,
-    min_confidence: float = 0.0,
-    scale_mult: float = 1.0,
-    thickness: float = 1.0,
-    sh_degree: int = 0,
-    fill_holes: bool = True,
-    fill_opacity: float = 0.5,
-    stereo_kwargs: Optional[dict] = None,
     mvsplat=None,
-    mvsplat_size: int = 256,
-    mvsplat_fit: str = "crop",
-    near: float = 1.0,
-    far: float = 100.0,
     noposplat=None,
-    noposplat_intrinsics: str = "cameras",
-    noposplat_refine_steps: int = 0,
-    progress: Optional[Callable] = None,
-    check_interrupt: Optional[Callable] = None,
     depth: Optional[Tensor] = None,
     confidence: Optional[Tensor] = None,
-    align_depth_scale: bool = False,
-    edge_snap: float = 0.1,
+    progress: Optional[Progress] = None,
 ) -> PriorResult:
     """Pixel-aligned Gaussian scene from two posed photos (see the module docstring).
 
     Args:
         images: ``[2,H,W,3]`` float in 0..1.
         cams: :class:`Cameras` with the 2 cameras of the photos (``W x H``), OpenCV c2w.
-        method: ``"stereo"`` (plane-sweep stereo) or ``"mvsplat"`` (feed-forward MVSplat; needs ``mvsplat``).
-        opacity: opacity of a fully confident Gaussian (0..1].
-        opacity_from_confidence: scale opacities by the stereo confidence (see the module docstring).
-        confidence_full: confidence at and above which a Gaussian gets the full ``opacity``.
-        min_confidence: additionally drop pixels below this confidence (the stereo step has its own
-            ``min_confidence`` in ``stereo_kwargs``).
-        scale_mult: Gaussian size in units of the pixel footprint ``depth / fx``.
-        thickness: extent along the optical axis relative to the in-plane scale.
-        sh_degree: SH degree of the scene (colour in the DC term only).
-        fill_holes: also make Gaussians for the rejected pixels, at a depth filled in from the kept ones (see the
-            module docstring), with opacity ``fill_opacity`` (default True; False: drop them).
-        stereo_kwargs: extra keyword arguments of :func:`vscene_engine.stereo.stereo_depth`.
+        config: :class:`PriorConfig` (None: its defaults, method "stereo").
         mvsplat: method "mvsplat": an ``MVSplatEncoder`` or the path of its weights (``.ckpt`` / ``.safetensors``).
-        mvsplat_size, mvsplat_fit: network input size (short side, multiple of 16) and ``"crop"`` (official centre
-            crop) or ``"full"`` (whole photo); near / far: MVSplat's plane-sweep range in world units (RE10K: 1, 100).
-            The stereo-only options (opacity, confidence, scale, fill) do not apply to MVSplat.
         noposplat: method "noposplat": a ``NoPoSplatNet`` or the path of its weights (``.ckpt`` / ``.safetensors``).
-        noposplat_intrinsics: ``"cameras"`` (feed the given cameras' K) or ``"default"`` (fx = fy = 0.8 normalised).
-        noposplat_refine_steps: photometric refinement steps of camera B (0: PnP only; the release uses 200).
-        progress: ``progress(done, total)`` forwarded to the stereo step.
-        check_interrupt: callable raising to abort; forwarded to the stereo step.
-        depth, confidence, align_depth_scale: method "depth": ``[2,H,W]`` view-z depth in the cameras' units (0 = no
-            data), ``[2,H,W]`` confidence in 0..1 (None: all 1; pixels below ``min_confidence`` are dropped), and
-            whether to fit a per-view depth scale photometrically (for depth of unknown scale); ``edge_snap``:
-            relative 3x3 depth spread above which a pixel snaps to the nearer side of the edge (0 = off). ``opacity``,
-            ``opacity_from_confidence``, ``scale_mult``, ``thickness``, ``sh_degree`` apply as for stereo.
+        depth, confidence: method "depth": ``[2,H,W]`` view-z depth in the cameras' units (0 = no data) and
+            ``[2,H,W]`` confidence in 0..1 (None: all 1; pixels below ``config.min_confidence`` are dropped).
+        progress: :class:`~vscene_engine.runtime.Progress`, forwarded to the method's step (stereo: ``update``
+            per batch of planes; every method: ``check_interrupt()``).
 
     Returns:
         :class:`PriorResult`.
@@ -153,11 +163,22 @@ def coarse_prior(
         no pixel survived the checks, or method "mvsplat" / "noposplat" without weights (or NoPoSplat found no
         camera B: :class:`vscene_engine.noposplat.prior.NoPoSplatPoseError`, a ValueError).
     """
+    c = config if config is not None else PriorConfig()
+    if not isinstance(c, PriorConfig):
+        raise ValueError(f"coarse_prior: config must be a PriorConfig, got {type(c).__name__}")
+    (method, opacity, opacity_from_confidence, confidence_full, min_confidence, scale_mult, thickness, sh_degree,
+     fill_holes, fill_opacity) = (c.method, c.opacity, c.opacity_from_confidence, c.confidence_full,
+                                  c.min_confidence, c.scale_mult, c.thickness, c.sh_degree, c.fill_holes,
+                                  c.fill_opacity)
+    mvsplat_size, mvsplat_fit, near, far = c.mvsplat_size, c.mvsplat_fit, c.near, c.far
+    noposplat_intrinsics, noposplat_refine_steps = c.noposplat_intrinsics, c.noposplat_refine_steps
+    align_depth_scale, edge_snap = c.align_depth_scale, c.edge_snap
     t0 = time.perf_counter()
+    progress = as_progress(progress)
     if method not in PRIOR_METHODS:
         raise ValueError(f"coarse_prior: unknown method {method!r}; use one of {', '.join(PRIOR_METHODS)}")
     if method == "mvsplat":
-        return _mvsplat(images, cams, mvsplat, mvsplat_size, mvsplat_fit, near, far, check_interrupt, t0)
+        return _mvsplat(images, cams, mvsplat, mvsplat_size, mvsplat_fit, near, far, progress, t0)
     if method == "depth":
         from .depth_prior import depth_prior
 
@@ -167,9 +188,9 @@ def coarse_prior(
         return depth_prior(images, cams, depth, confidence, min_confidence=min_confidence, opacity=opacity,
                            opacity_from_confidence=opacity_from_confidence, scale_mult=scale_mult,
                            thickness=thickness, sh_degree=sh_degree, align_scale=align_depth_scale,
-                           edge_snap=edge_snap, check_interrupt=check_interrupt)
+                           edge_snap=edge_snap, progress=progress)
     if method == "noposplat":
-        return _noposplat(images, cams, noposplat, noposplat_intrinsics, noposplat_refine_steps, check_interrupt, t0)
+        return _noposplat(images, cams, noposplat, noposplat_intrinsics, noposplat_refine_steps, progress, t0)
     if not 0 < float(opacity) <= 1:
         raise ValueError(f"coarse_prior: opacity must be in (0, 1], got {opacity}")
     if not float(scale_mult) > 0 or not float(thickness) > 0:
@@ -178,9 +199,8 @@ def coarse_prior(
         raise ValueError(f"coarse_prior: confidence_full must be > 0, got {confidence_full}")
     if not 0 <= int(sh_degree) <= 4:
         raise ValueError(f"coarse_prior: sh_degree must be in 0..4, got {sh_degree}")
-    st = stereo_depth(images, cams, progress=progress, check_interrupt=check_interrupt, **(stereo_kwargs or {}))
-    if check_interrupt is not None:
-        check_interrupt()
+    st = stereo_depth(images, cams, c.stereo, progress=progress)
+    progress.check_interrupt()
     imgs = images.detach().float().cpu().clamp(0, 1)
     depth, conf = st.depth.cpu(), st.confidence.cpu()
     keep = st.valid.cpu() & (conf >= float(min_confidence))
@@ -208,7 +228,7 @@ def coarse_prior(
     if sum(counts) == 0:
         raise ValueError("coarse_prior: no pixel passed the stereo checks, so there is nothing to build a scene from. "
                          "Check the cameras (poses must match the photos) and the depth range (near/far), or relax "
-                         "stereo_kwargs (min_confidence, lr_check_rel)")
+                         "the stereo settings (StereoConfig min_confidence, lr_check_rel)")
     scene = GaussianScene.cat(parts).to(device=images.device)
     info = {"method": method, "n_gaussians": counts, "n_filled": n_filled, "stereo": st.info,
             "time_s": time.perf_counter() - t0}
@@ -216,7 +236,7 @@ def coarse_prior(
     return PriorResult(scene, st.depth.to(dev), st.confidence.to(dev), keep.to(dev), info)
 
 
-def _mvsplat(images, cams, model, size, fit, near, far, check_interrupt, t0) -> PriorResult:
+def _mvsplat(images, cams, model, size, fit, near, far, progress, t0) -> PriorResult:
     from .mvsplat import MVSplatEncoder, load_mvsplat
     from .mvsplat.prior import mvsplat_prior
 
@@ -226,14 +246,13 @@ def _mvsplat(images, cams, model, size, fit, near, far, check_interrupt, t0) -> 
                          "without them use method 'stereo'")
     if not isinstance(model, MVSplatEncoder):
         model = load_mvsplat(model, device=images.device)
-    if check_interrupt is not None:
-        check_interrupt()
+    progress.check_interrupt()
     r = mvsplat_prior(model, images, cams, size=size, fit=fit, near=near, far=far)
     info = dict(r.info, time_s=time.perf_counter() - t0)
     return PriorResult(r.scene, r.depth, r.opacity, torch.ones_like(r.depth, dtype=torch.bool), info)
 
 
-def _noposplat(images, cams, model, intrinsics, refine_steps, check_interrupt, t0) -> PriorResult:
+def _noposplat(images, cams, model, intrinsics, refine_steps, progress, t0) -> PriorResult:
     from .noposplat import NoPoSplatNet, load_noposplat
     from .noposplat.prior import noposplat_prior
 
@@ -248,7 +267,7 @@ def _noposplat(images, cams, model, intrinsics, refine_steps, check_interrupt, t
     if not isinstance(model, NoPoSplatNet):
         model = load_noposplat(model, device=images.device)
     r = noposplat_prior(model, images[0], images[1], K=cams if intrinsics == "cameras" else None,
-                        refine_steps=int(refine_steps), check_interrupt=check_interrupt)
+                        refine_steps=int(refine_steps), progress=progress)
     dev = images.device
     found = Cameras.cat(r.input_cameras)
     info = dict(r.info, time_s=time.perf_counter() - t0)
@@ -300,8 +319,7 @@ def render_trajectory(
     scene: GaussianScene,
     traj_cams: Cameras,
     background: Sequence[float] = (0.0, 0.0, 0.0),
-    progress: Optional[Callable] = None,
-    check_interrupt: Optional[Callable] = None,
+    progress: Optional[Progress] = None,
 ) -> tuple[Tensor, Tensor]:
     """Render ``scene`` at every camera of ``traj_cams``, one frame at a time (bounded memory).
 
@@ -309,8 +327,8 @@ def render_trajectory(
         scene: the Gaussians (e.g. :attr:`PriorResult.scene`).
         traj_cams: :class:`Cameras` of the path (e.g. from :func:`vscene_engine.trajectories.make_trajectory`).
         background: RGB in 0..1 composited where the scene does not cover a pixel.
-        progress: ``progress(done, total, frame [H,W,3])`` after each frame.
-        check_interrupt: callable raising to abort; called before each frame and inside the rasterizer.
+        progress: :class:`~vscene_engine.runtime.Progress`; ``update(done, total, stage="render", preview=frame)``
+            after each frame, ``check_interrupt()`` before each frame and inside the rasterizer.
 
     Returns:
         ``frames [F,H,W,3]`` in 0..1 and ``coverage [F,H,W]`` (accumulated opacity, 0 = hole), on the scene's device.
@@ -322,16 +340,15 @@ def render_trajectory(
     if not isinstance(scene, GaussianScene):
         raise ValueError(f"render_trajectory: scene must be a GaussianScene, got {type(scene).__name__}")
     n = len(traj_cams)
+    progress = as_progress(progress)
     frames, cover = [], []
     with torch.no_grad():
         for i in range(n):
-            if check_interrupt is not None:
-                check_interrupt()
-            out = render(scene, traj_cams[i], background=background, check_interrupt=check_interrupt)
+            progress.check_interrupt()
+            out = render(scene, traj_cams[i], background=background, progress=progress)
             frames.append(out.rgb[0].clamp(0, 1))
             cover.append(out.alpha[0, ..., 0])
-            if progress is not None:
-                progress(i + 1, n, frames[-1])
+            progress.update(i + 1, n, stage="render", preview=frames[-1])
     dev, dt = scene.means.device, scene.means.dtype
     if n == 0:
         return (torch.zeros(0, traj_cams.height, traj_cams.width, 3, device=dev, dtype=dt),

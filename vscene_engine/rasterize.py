@@ -65,6 +65,7 @@ import torch
 
 from . import raster_numba
 from .gaussians import quat_multiply, quat_to_rotmat, rotmat_to_quat
+from .runtime import Progress, as_progress
 from .sh import eval_sh
 
 ALPHA_MIN = 1.0 / 255.0
@@ -467,7 +468,7 @@ def render(
     sh_degree: Optional[int] = None,
     tile: Optional[int] = None,
     chunk: int = 1 << 16,
-    check_interrupt=None,
+    progress: Progress | None = None,
 ) -> RenderOutput:
     """Render ``scene`` (GaussianScene) from every camera in ``cameras`` (Cameras, OpenCV c2w).
 
@@ -477,9 +478,11 @@ def render(
     (independent of ``cameras.near/far``, which describe the scene). sh_degree: use at most this SH degree.
     tile: tile edge in pixels (torch backends default: from the mean footprint, 4 for pixel-sized Gaussians,
     8 / 16 for larger ones; numba: 16; any value gives the same image); chunk: max (Gaussian, tile) intersections processed at once
-    (bounds memory). check_interrupt: optional callable raising to abort (called once per chunk).
+    (bounds memory). progress: a :class:`~vscene_engine.runtime.Progress`; only its ``check_interrupt()`` is called
+    (once per view and once per chunk).
     Returns RenderOutput(rgb [N,H,W,3], alpha [N,H,W,1], depth [N,H,W,1]).
     """
+    check_interrupt = as_progress(progress).check_interrupt
     W, H = int(cameras.width), int(cameras.height)
     if W <= 0 or H <= 0:
         raise ValueError(f"render: image size must be positive, got {W}x{H}; give cameras with a real image size.")

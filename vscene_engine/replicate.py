@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import leap
+from .runtime import Progress, as_progress
 from .videomodel import VideoModel
 
 __all__ = ["ReplicateConfig", "SpaceToDepthVAE", "make_samples", "train_teacher", "evaluate", "replicate"]
@@ -135,9 +136,13 @@ def _camera_pair(seed: int, width: int, height: int):
     return Cameras(c2w=c2w, K=K, width=width, height=height, near=0.5, far=10.0)
 
 
-def make_samples(n: int, cfg: ReplicateConfig, seed0: int, progress: Callable | None = None) -> list[dict]:
-    """n samples {gt, coarse: [F, H, W, 3] in 0..1, seed}: ground-truth and coarse-prior videos along the path."""
+def make_samples(n: int, cfg: ReplicateConfig, seed0: int, progress: Progress | None = None) -> list[dict]:
+    """n samples {gt, coarse: [F, H, W, 3] in 0..1, seed}: ground-truth and coarse-prior videos along the path.
+    progress: :class:`~vscene_engine.runtime.Progress` (``update(i, n, stage="samples")`` per sample)."""
+    progress = as_progress(progress)
     from .pipeline import coarse_video, make_path
+    from .prior import PriorConfig
+    from .stereo import StereoConfig
     from .rasterize import render
     from .synthetic import procedural_scene
     from .views import ViewPair
@@ -154,12 +159,11 @@ def make_samples(n: int, cfg: ReplicateConfig, seed0: int, progress: Callable | 
             vp = ViewPair(photos, cams, 0.5, 10.0)
             path = make_path(vp, frames=cfg.frames)
             gt = render(scene, path, background=white).rgb.clamp(0, 1)
-            cv = coarse_video(vp, path, background=white, prior_kwargs={"stereo_kwargs": {"num_depths": 32}})
+            cv = coarse_video(vp, path, background=white, config=PriorConfig(stereo=StereoConfig(num_depths=32)))
         down = lambda v: F.interpolate(v.permute(0, 3, 1, 2), size=(cfg.height, cfg.width), mode="area")  # noqa: E731
         out.append({"gt": down(gt).permute(0, 2, 3, 1).contiguous(), "coarse": down(cv.frames).permute(0, 2, 3, 1)
                     .contiguous(), "seed": s})
-        if progress:
-            progress(i + 1, n)
+        progress.update(i + 1, n, stage="samples")
     return out
 
 
@@ -179,9 +183,11 @@ def condition_of(model: VideoModel, sample: dict, gen: torch.Generator) -> torch
 
 # ============================================================================================ teacher
 def train_teacher(model: VideoModel, samples: list[dict], steps: int, lr: float, batch: int, seed: int,
-                  progress: Callable | None = None) -> list[float]:
+                  progress: Progress | None = None) -> list[float]:
     """v-prediction training of ``model.transformer`` on the ground-truth videos (t ~ U{0..999}, zero-SNR schedule,
-    conditioning with fresh pixel noise each step). Returns the loss per step."""
+    conditioning with fresh pixel noise each step). Returns the loss per step. progress:
+    ``update(step, steps, stage="teacher", loss=)`` after each step, ``check_interrupt()`` before it."""
+    progress = as_progress(progress)
     if not samples:
         raise ValueError("no training samples")
     tr = model.transformer
@@ -195,6 +201,7 @@ def train_teacher(model: VideoModel, samples: list[dict], steps: int, lr: float,
     opt = torch.optim.AdamW([p for p in tr.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     losses = []
     for step in range(steps):
+        progress.check_interrupt()
         idx = torch.randint(0, len(samples), (batch,), generator=g).tolist()
         x0 = x0_all[idx]
         cond = torch.cat([condition_of(model, samples[i], g) for i in idx])
@@ -212,8 +219,7 @@ def train_teacher(model: VideoModel, samples: list[dict], steps: int, lr: float,
         torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
-        if progress:
-            progress(step + 1, steps, losses[-1])
+        progress.update(step + 1, steps, stage="teacher", loss=losses[-1])
     tr.eval().requires_grad_(False)
     return losses
 
@@ -252,8 +258,10 @@ def fixed_t_sweep(student: VideoModel, samples: list[dict], bins: list[int], see
 
 
 def evaluate(teacher: VideoModel, student: VideoModel, test: list[dict], cfg: ReplicateConfig, best_t: int,
-             ddpnet=None, progress: Callable | None = None) -> dict:
-    """Rows of the tables: name -> mean metrics over the held-out samples (+ the per-sample DDPNet timesteps)."""
+             ddpnet=None, progress: Progress | None = None) -> dict:
+    """Rows of the tables: name -> mean metrics over the held-out samples (+ the per-sample DDPNet timesteps).
+    progress: ``update(j, n, stage="evaluate")`` per held-out sample."""
+    progress = as_progress(progress)
     from .ddpnet import choose_timestep
 
     rows: dict[str, list] = {}
@@ -282,8 +290,7 @@ def evaluate(teacher: VideoModel, student: VideoModel, test: list[dict], cfg: Re
             chosen.append(t)
             r = leap.leap_sample(student, a, b, coarse, timestep=t, seed=seed)
             add("student, 1 step, leap + DDPNet (full)", r.frames, gt)
-        if progress:
-            progress(j + 1, len(test))
+        progress.update(j + 1, len(test), stage="evaluate")
     return {"rows": {k: _mean(v) for k, v in rows.items()}, "ddpnet_t": chosen}
 
 
@@ -318,6 +325,17 @@ def table_markdown(rows: dict) -> str:
 
 
 # ============================================================================================ the whole run
+class _LogProgress(Progress):
+    """``[stage] done/total loss`` through ``log`` every ``every`` updates."""
+
+    def __init__(self, log: Callable[[str], None], every: int):
+        self.log, self.every = log, max(1, int(every))
+
+    def update(self, done, total, *, stage=None, loss=None, preview=None) -> None:
+        if done % self.every == 0:
+            self.log(f"[{stage}] {done}/{total}" + ("" if loss is None else f" loss {loss:.5f}"))
+
+
 def replicate(out_dir, cfg: ReplicateConfig | None = None, log: Callable[[str], None] = print) -> dict:
     """Data -> teacher -> distilled student -> DDPNet -> evaluation; writes ``out_dir``/{table.md, results.json,
     teacher.safetensors, student.safetensors, ddpnet.safetensors, montage.png}. Returns the results dict."""
@@ -349,7 +367,7 @@ def replicate(out_dir, cfg: ReplicateConfig | None = None, log: Callable[[str], 
 
     teacher = tiny_model(cfg, seed=cfg.seed)
     tl = train_teacher(teacher, train, cfg.teacher_steps, cfg.teacher_lr, cfg.batch, cfg.seed,
-                       progress=lambda i, n, l: log(f"[teacher] {i}/{n} loss {l:.4f}") if i % every == 0 else None)
+                       progress=_LogProgress(log, every))
     atomic_write(out / "teacher.safetensors", lambda p: save_file(
         {k: v.contiguous() for k, v in teacher.transformer.state_dict().items()}, p))
     stage("teacher")
@@ -362,8 +380,7 @@ def replicate(out_dir, cfg: ReplicateConfig | None = None, log: Callable[[str], 
     dev = max(1, cfg.distill_steps // 10)
     res = distill(teacher, data, out / "distill_ckpt.safetensors", overwrite=True, steps=cfg.distill_steps,
                   lr=cfg.distill_lr, k=cfg.distill_k, t_max=cfg.t_max, train_params="all", batch_size=cfg.batch,
-                  seed=cfg.seed, progress=lambda i, n, l: log(f"[distill] {i}/{n} loss {l:.5f}") if i % dev == 0
-                  else None)
+                  seed=cfg.seed, progress=_LogProgress(log, dev))
     import copy
 
     ema_tr = copy.deepcopy(res.student)

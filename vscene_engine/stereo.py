@@ -68,8 +68,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cameras import Cameras
+from .runtime import Progress, as_progress
 
-__all__ = ["stereo_depth", "StereoResult", "COSTS", "AGGREGATIONS"]
+__all__ = ["stereo_depth", "StereoConfig", "StereoResult", "COSTS", "AGGREGATIONS"]
 
 COSTS = ("census+ad", "census", "ad")
 AGGREGATIONS = ("guided", "box", "none")
@@ -360,54 +361,63 @@ def _joint_upsample(inv: Tensor, conf: Tensor, valid: Tensor, guide_lo: Tensor, 
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+@dataclass(frozen=True)
+class StereoConfig:
+    """Options of :func:`stereo_depth` (defaults are the coarse prior's).
+
+    num_depths: number of inverse-depth planes (a minimum: raised up to ``max_depths`` when consecutive planes
+        would be more than ``plane_step_px`` pixels apart along the epipolar lines; ``plane_step_px=None`` uses
+        exactly ``num_depths``).
+    max_side: longest image side of the working resolution (the result is upsampled back to ``H x W``).
+    cost: ``"census+ad"`` | ``"census"`` | ``"ad"``; ``census_radius`` (window ``2r+1``), ``census_eps`` (softness
+        of the census bits, grey levels), ``census_weight`` (census share of ``"census+ad"``), ``ad_trunc``
+        (truncation of the mean absolute RGB difference).
+    aggregation: ``"guided"`` | ``"box"`` | ``"none"`` over a ``window x window`` neighbourhood (odd; ``guided_eps``
+        regularises the guided filter).
+    exclusion_px: planes within this epipolar displacement of the winner are ignored when looking for the
+        second-best cost of the confidence ratio; ``confidence_floor``: the ratio's lower bound on ``c_second``.
+    lr_check_rel: relative depth tolerance of the left-right consistency check.
+    min_confidence: pixels with a lower confidence are invalid.
+    batch_planes: planes warped at once (memory ~ ``batch_planes * h * w * 30`` floats).
+    """
+
+    num_depths: int = 64
+    max_side: int = 384
+    cost: str = "census+ad"
+    census_radius: int = 2
+    census_eps: float = 0.02
+    census_weight: float = 0.6
+    ad_trunc: float = 0.1
+    aggregation: str = "guided"
+    window: int = 3
+    guided_eps: float = 1e-3
+    plane_step_px: Optional[float] = 1.0
+    max_depths: int = 256
+    exclusion_px: float = 2.0
+    confidence_floor: float = 0.05
+    lr_check_rel: float = 0.05
+    min_confidence: float = 0.05
+    batch_planes: int = 8
+
+
 def stereo_depth(
     images: Tensor,
     cams: Cameras,
+    config: Optional[StereoConfig] = None,
     *,
-    num_depths: int = 64,
     near: Optional[float] = None,
     far: Optional[float] = None,
-    max_side: int = 384,
-    cost: str = "census+ad",
-    census_radius: int = 2,
-    census_eps: float = 0.02,
-    census_weight: float = 0.6,
-    ad_trunc: float = 0.1,
-    aggregation: str = "guided",
-    window: int = 3,
-    guided_eps: float = 1e-3,
-    plane_step_px: Optional[float] = 1.0,
-    max_depths: int = 256,
-    exclusion_px: float = 2.0,
-    confidence_floor: float = 0.05,
-    lr_check_rel: float = 0.05,
-    min_confidence: float = 0.05,
-    batch_planes: int = 8,
-    progress: Optional[Callable] = None,
-    check_interrupt: Optional[Callable] = None,
+    progress: Optional[Progress] = None,
 ) -> StereoResult:
     """Dense depth for both of two calibrated photos by plane-sweep stereo (see the module docstring).
 
     Args:
         images: ``[2,H,W,3]`` float in 0..1, the two photos (same size).
         cams: :class:`Cameras` with the 2 cameras of the photos (``width x height == W x H``), OpenCV c2w.
-        num_depths: number of inverse-depth planes (a minimum: raised up to ``max_depths`` when consecutive planes
-            would be more than ``plane_step_px`` pixels apart along the epipolar lines; ``plane_step_px=None``
-            uses exactly ``num_depths``).
+        config: :class:`StereoConfig` (None: its defaults).
         near, far: depth range of the sweep (view z); default ``min(cams.near)`` / ``max(cams.far)``.
-        max_side: longest image side of the working resolution (the result is upsampled back to ``H x W``).
-        cost: ``"census+ad"`` | ``"census"`` | ``"ad"``; ``census_radius`` (window ``2r+1``), ``census_eps``
-            (softness of the census bits, grey levels), ``census_weight`` (census share of ``"census+ad"``),
-            ``ad_trunc`` (truncation of the mean absolute RGB difference).
-        aggregation: ``"guided"`` | ``"box"`` | ``"none"`` over a ``window x window`` neighbourhood (odd;
-            ``guided_eps`` regularises the guided filter).
-        exclusion_px: planes within this epipolar displacement of the winner are ignored when looking for the
-            second-best cost of the confidence ratio; ``confidence_floor``: the ratio's lower bound on ``c_second``.
-        lr_check_rel: relative depth tolerance of the left-right consistency check.
-        min_confidence: pixels with a lower confidence are invalid.
-        batch_planes: planes warped at once (memory ~ ``batch_planes * h * w * 30`` floats).
-        progress: optional ``progress(done, total)`` callable, called after each batch of planes.
-        check_interrupt: optional callable, called before each batch; raise from it to abort (propagates).
+        progress: :class:`~vscene_engine.runtime.Progress`; ``update(done, total, stage="stereo")`` after each batch
+            of planes, ``check_interrupt()`` before each batch (raising aborts).
 
     Returns:
         :class:`StereoResult` with ``depth``, ``confidence`` and ``valid`` ``[2,H,W]`` (float32/float32/bool).
@@ -417,6 +427,15 @@ def stereo_depth(
         cameras (NaN, non-rigid ...), cameras that do not have 2 distinct centres (no parallax: no depth),
         a bad near/far or option value.
     """
+    c = config if config is not None else StereoConfig()
+    if not isinstance(c, StereoConfig):
+        raise ValueError(f"stereo: config must be a StereoConfig, got {type(c).__name__}")
+    progress = as_progress(progress)
+    (num_depths, max_side, cost, census_radius, census_eps, census_weight, ad_trunc, aggregation, window, guided_eps,
+     plane_step_px, max_depths, exclusion_px, confidence_floor, lr_check_rel, min_confidence, batch_planes) = (
+        c.num_depths, c.max_side, c.cost, c.census_radius, c.census_eps, c.census_weight, c.ad_trunc, c.aggregation,
+        c.window, c.guided_eps, c.plane_step_px, c.max_depths, c.exclusion_px, c.confidence_floor, c.lr_check_rel,
+        c.min_confidence, c.batch_planes)
     t0 = time.perf_counter()
     images = _check_images(images, cams)
     if cost not in COSTS:
@@ -460,10 +479,9 @@ def stereo_depth(
     done = [0]
 
     def tick():
-        if check_interrupt is not None:
-            check_interrupt()
-        if progress is not None and done[0] > 0:
-            progress(done[0], total)
+        progress.check_interrupt()
+        if done[0] > 0:
+            progress.update(done[0], total, stage="stereo")
         done[0] += 1
 
     ref_imgs = imgs.permute(0, 3, 1, 2).contiguous()  # [2,3,h,w]
@@ -482,8 +500,7 @@ def stereo_depth(
         conf_l.append(conf)
         pre_ok.append(ok)
         del vol
-    if check_interrupt is not None:
-        check_interrupt()
+    progress.check_interrupt()
     inv = torch.stack(inv_l)
     conf = torch.stack(conf_l)
     ok = torch.stack(pre_ok)
@@ -499,8 +516,7 @@ def stereo_depth(
     else:
         inv_hi, conf_hi, valid_hi = inv, conf, valid_lo
     depth = (1.0 / inv_hi.clamp(min=1e-12)).float()
-    if progress is not None:
-        progress(total, total)
+    progress.update(total, total, stage="stereo")
     dev = images.device
     info = {
         "work_size": (w, h),

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..cameras import Cameras
 from ..gaussians import GaussianScene
+from ..runtime import Progress, as_progress
 from .model import NoPoSplatNet, to_gaussian_scene
 
 __all__ = ["NoPoSplatPrior", "NoPoSplatPoseError", "noposplat_prior", "square_crop", "pnp_pose", "refine_pose",
@@ -176,15 +177,17 @@ def _se3_exp(xi: torch.Tensor) -> torch.Tensor:
 
 
 def refine_pose(scene: GaussianScene, c2w: torch.Tensor, K_pix: torch.Tensor, target: torch.Tensor, steps: int = 200,
-                lr: float = 0.005, check_interrupt=None) -> tuple[torch.Tensor, list]:
+                lr: float = 0.005, progress: Progress | None = None) -> tuple[torch.Tensor, list]:
     """Photometric refinement of one camera (the release's test-time pose alignment, without LPIPS).
 
     scene: Gaussians in the world frame; c2w ``[4, 4]`` start pose; K_pix ``[3, 3]`` for ``target [S, S, 3]``.
     Each step renders the scene at the camera, takes MSE + (1 - SSIM) against ``target``, and applies an Adam step
     to a left se(3) update of the world-to-camera (then folded into the pose and reset, as the release does).
     Returns (c2w ``[4, 4]`` float64, losses per step); stops early, keeping the pose, when no Gaussian is in view
-    (the render does not depend on the pose).
+    (the render does not depend on the pose). progress: :class:`~vscene_engine.runtime.Progress`
+    (``update(step, steps, stage="refine pose", loss=)``, ``check_interrupt()`` before each step).
     """
+    progress = as_progress(progress)
     from ..losses import ssim
     from ..rasterize import render
 
@@ -199,9 +202,8 @@ def refine_pose(scene: GaussianScene, c2w: torch.Tensor, K_pix: torch.Tensor, ta
         opt = torch.optim.Adam([xi], lr=float(lr))
         K32 = K_pix.detach().to(device=dev, dtype=torch.float32).clone()
         losses = []
-        for _ in range(int(steps)):
-            if check_interrupt is not None:
-                check_interrupt()
+        for step in range(int(steps)):
+            progress.check_interrupt()
             opt.zero_grad()
             pose = torch.linalg.inv(_se3_exp(xi) @ w2c).float()
             cam = Cameras(pose[None], K32[None], S_w, S_h, 0.01, 1e4)
@@ -215,6 +217,7 @@ def refine_pose(scene: GaussianScene, c2w: torch.Tensor, K_pix: torch.Tensor, ta
                 w2c = _se3_exp(xi.detach()) @ w2c
                 xi.zero_()
             losses.append(float(loss.detach()))
+            progress.update(step + 1, int(steps), stage="refine pose", loss=losses[-1])
     return torch.linalg.inv(w2c.detach()).cpu(), losses
 
 
@@ -225,7 +228,7 @@ def _as_photo(img, name):
 
 def noposplat_prior(net: NoPoSplatNet, img_a: torch.Tensor, img_b: torch.Tensor, K=None, *,
                     refine_steps: int = 0, refine_lr: float = 0.005, refine_a: bool = True,
-                    opacity_threshold: float = 0.3, check_interrupt=None) -> NoPoSplatPrior:
+                    opacity_threshold: float = 0.3, progress: Progress | None = None) -> NoPoSplatPrior:
     """Run NoPoSplat on two unposed photos (module docstring for the conventions).
 
     net: a :class:`NoPoSplatNet` (e.g. from :func:`vscene_engine.noposplat.load_noposplat`); its device and dtype
@@ -234,7 +237,8 @@ def noposplat_prior(net: NoPoSplatNet, img_a: torch.Tensor, img_b: torch.Tensor,
     only), ``[2, 3, 3]`` one per photo, or a :class:`Cameras` with 2 cameras of the photos (its K is used, its poses
     are not). refine_steps: photometric refinement steps (0 = PnP only; the release uses 200) of camera B and, with
     ``refine_a`` (default, as VideoScene's demo), of camera A too, after which the world is re-expressed in the
-    refined camera A's frame (A stays the identity).
+    refined camera A's frame (A stays the identity). progress: :class:`~vscene_engine.runtime.Progress` (interrupt
+    checks; the refinement's steps).
     Returns :class:`NoPoSplatPrior`; raises ValueError (bad input) or :class:`NoPoSplatPoseError`.
     """
     t0 = time.perf_counter()
@@ -270,8 +274,7 @@ def noposplat_prior(net: NoPoSplatNet, img_a: torch.Tensor, img_b: torch.Tensor,
         k_source = "given"
     p = next(net.parameters())
     x = torch.stack(crops)[None].to(device=p.device, dtype=p.dtype)
-    if check_interrupt is not None:
-        check_interrupt()
+    as_progress(progress).check_interrupt()
     with torch.no_grad():
         out = net(x, Kn[None].to(device=p.device, dtype=p.dtype))
     out = {k: v.float() for k, v in out.items()}
@@ -284,12 +287,12 @@ def noposplat_prior(net: NoPoSplatNet, img_a: torch.Tensor, img_b: torch.Tensor,
     losses, losses_a = [], []
     if refine_steps and int(refine_steps) > 0:
         target = torch.stack(crops).permute(0, 2, 3, 1)
-        c2w_b, losses = refine_pose(scene, c2w_b, Kpix[1], target[1], int(refine_steps), refine_lr, check_interrupt)
+        c2w_b, losses = refine_pose(scene, c2w_b, Kpix[1], target[1], int(refine_steps), refine_lr, progress)
         if refine_a:
             # as VideoScene's demo: camera A is aligned to photo A as well; the world is then re-expressed in the
             # refined camera A's frame, so A stays the identity
             c2w_a, losses_a = refine_pose(scene, torch.eye(4, dtype=torch.float64), Kpix[0], target[0],
-                                          int(refine_steps), refine_lr, check_interrupt)
+                                          int(refine_steps), refine_lr, progress)
             to_a = torch.linalg.inv(c2w_a)
             scene = scene.transformed(R=to_a[:3, :3].float(), t=to_a[:3, 3].float())
             points = points @ to_a[:3, :3].float().T + to_a[:3, 3].float()
