@@ -378,6 +378,9 @@ def directions(ev: dict, cfg: ReplicateConfig, best_t: int) -> list[dict]:
                f"fixed t, DDPNet chose {hist} (oracle {sorted(oracle_ts)})")
         if gain < 0.1:
             why += "; the per-scene gain is too small to learn"
+        elif len(hist) == 1:
+            why += ("; the policy collapsed to one bin for every held-out scene: it does not read the damage from the "
+                    "coarse latents")
         out.append(_claim("DDPNet at least matches the best single fixed t (within 0.1 dB)", full >= best - 0.1,
                           f"{full:.2f} vs {best:.2f} dB (oracle {oracle:.2f}, t=549 {p(row_fixed(cfg.fixed_t)):.2f})",
                           why))
