@@ -41,9 +41,6 @@ import torch
 import torch.nn.functional as F
 
 from .schedule import REFERENCE_TIMESTEP
-# schedule math re-exported for compose.py / replicate.py, which other helpers move to ``VideoModel.schedule``
-from .schedule import add_noise, alphas_cumprod, velocity, x0_from_output  # noqa: F401
-from .schedule import ddim_timesteps as teacher_timesteps  # noqa: F401
 from .runtime import Progress, as_progress
 from .videomodel import VideoModel
 

@@ -5,7 +5,9 @@ negative y), cameras look along +z towards the objects. Cameras are OpenCV camer
 +z forward) as everywhere in the engine.
 
 Also :func:`depth_to_gaussians`: one Gaussian per pixel of a depth map (the MVSplat output layout) — centre on the
-pixel's ray at its depth, scale = pixel footprint (depth / focal), colour from the pixel.
+pixel's ray at its depth, scale = pixel footprint (depth / focal), colour from the pixel; and :func:`damage_video`:
+a coarse prior's artefacts (misregistration, blur, exposure shift, disocclusion holes, floaters) applied to a video at
+a chosen strength, so a replication can draw prior quality per scene.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from .cameras import Cameras, look_at
 from .gaussians import GaussianScene, rotmat_to_quat
 from .sh import rgb_to_sh_dc
 
-__all__ = ["procedural_scene", "demo_cameras", "depth_to_gaussians"]
+__all__ = ["procedural_scene", "demo_cameras", "depth_to_gaussians", "damage_video"]
 
 
 def _frame_from_normals(n: torch.Tensor) -> torch.Tensor:
@@ -144,3 +146,89 @@ def depth_to_gaussians(depth: torch.Tensor, rgb: torch.Tensor, camera: Cameras, 
     sh = torch.zeros(H * W, (sh_degree + 1) ** 2, 3, dtype=depth.dtype)
     sh[:, 0] = rgb_to_sh_dc(rgb.reshape(-1, 3).to(depth.dtype))
     return GaussianScene(means=pts, scales=scales, quats=q, opacities=op, sh=sh)
+
+
+# ============================================================================================ simulated prior damage
+DAMAGE_SHIFT_PX = 3.0  # misregistration (pose error): largest in-plane shift, pixels, at level 1 mid-path
+DAMAGE_ROT_DEG = 3.0  # ... and largest in-plane rotation, degrees
+DAMAGE_BLUR_PX = 1.5  # blur: Gaussian sigma in pixels at level 1 mid-path
+DAMAGE_GAIN = 0.25  # exposure shift: std of the global gain at level 1 (per channel: a fifth of it)
+DAMAGE_OFFSET = 0.06  # ... and std of the global offset
+DAMAGE_HOLES = 0.25  # disocclusion holes: image fraction at level 1 mid-path (filled with the white background)
+DAMAGE_FLOATERS = 10  # floaters: number of opaque blobs at level 1
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x [F, 3, H, W] blurred per frame with a separable Gaussian of std ``sigma`` [F] pixels (0 = unchanged)."""
+    r = 4
+    k = torch.arange(-r, r + 1, dtype=x.dtype)
+    w = torch.exp(-0.5 * (k[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)  # [F, 2r+1]
+    w = torch.where(sigma[:, None] > 1e-3, w, (k[None] == 0).to(x.dtype))
+    w = w / w.sum(-1, keepdim=True)
+    Fr, C, H, W = x.shape
+    y = torch.nn.functional.pad(x, (r, r, r, r), mode="replicate")
+    y = sum(w[:, i, None, None, None] * y[..., :, i:i + W] for i in range(2 * r + 1))
+    return sum(w[:, i, None, None, None] * y[..., i:i + H, :] for i in range(2 * r + 1))
+
+
+def damage_video(video: torch.Tensor, level: float, seed: int = 0) -> torch.Tensor:
+    """A coarse prior's artefacts at strength ``level`` in [0, 1] (0 = unchanged): video [F, H, W, 3] 0..1 -> same.
+
+    The artefacts grow with the distance from the nearest input view, w(f) = 0.25 + 0.75 sin(pi f / (F - 1)) (a
+    3D prior reproduces its input photos best), and are, in order: misregistration (a per-frame in-plane shift and
+    rotation, a pose error), blur (Gaussian), exposure shift (global gain / offset, a slight per-channel tint),
+    disocclusion holes (blobs of a smooth random field, drifting with the camera, filled with the white background)
+    and floaters (small opaque blobs of random colour crossing the view). Deterministic for (level, seed).
+    """
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"damage_video: video must be [F, H, W, 3], got {tuple(video.shape)}")
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"damage_video: level must be in [0, 1], got {level}")
+    g = torch.Generator().manual_seed(seed)
+    Fr, H, W, _ = video.shape
+    d = float(level)
+    f = torch.arange(Fr, dtype=torch.float32)
+    w = 0.25 + 0.75 * torch.sin(math.pi * f / max(Fr - 1, 1))  # [F]
+    x = video.permute(0, 3, 1, 2).float()
+    # 1. misregistration: one random direction per scene, amplitude ~ w(f)
+    direction = torch.randn(2, generator=g)
+    direction = direction / direction.norm()
+    rot_sign = float(torch.randn(1, generator=g).sign())
+    shift = d * DAMAGE_SHIFT_PX * w[:, None] * direction  # [F, 2] pixels
+    ang = rot_sign * d * math.radians(DAMAGE_ROT_DEG) * w
+    theta = torch.zeros(Fr, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(ang), -torch.sin(ang) * H / W
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(ang) * W / H, torch.cos(ang)
+    theta[:, 0, 2], theta[:, 1, 2] = shift[:, 0] * 2 / W, shift[:, 1] * 2 / H
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # 2. blur
+    x = _gaussian_blur(x, d * DAMAGE_BLUR_PX * w)
+    # 3. exposure shift (the same for the whole video: the prior's colours are off)
+    gain = 1 + d * DAMAGE_GAIN * (torch.randn(1, generator=g) + 0.2 * torch.randn(3, generator=g))
+    offset = d * DAMAGE_OFFSET * torch.randn(1, generator=g)
+    x = x * gain[None, :, None, None] + offset
+    # 4. disocclusion holes: the top quantile of a smooth random field, drifting across the frames
+    field = torch.randn(1, 1, 6, 8, generator=g)
+    field = torch.nn.functional.interpolate(field, size=(H + 8, W + 16), mode="bicubic", align_corners=False)[0, 0]
+    drift = (f / max(Fr - 1, 1) * 16).round().long()
+    for i in range(Fr):
+        frac = d * DAMAGE_HOLES * float(torch.sin(math.pi * f[i] / max(Fr - 1, 1)))
+        if frac <= 0:
+            continue
+        crop = field[4:4 + H, int(drift[i]):int(drift[i]) + W]
+        hole = crop > torch.quantile(crop.flatten(), 1 - frac)
+        x[i][:, hole] = 1.0
+    # 5. floaters
+    n_fl = int(round(d * DAMAGE_FLOATERS))
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    for _ in range(n_fl):
+        p0 = torch.rand(2, generator=g) * torch.tensor([W, H])
+        vel = (torch.rand(2, generator=g) - 0.5) * torch.tensor([W, H]) * 0.5 / max(Fr - 1, 1)
+        rad = 0.8 + 1.7 * float(torch.rand(1, generator=g))
+        col = torch.rand(3, generator=g)
+        for i in range(Fr):
+            c = p0 + vel * i
+            a = 0.9 * torch.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / (2 * rad ** 2))
+            x[i] = x[i] * (1 - a) + col[:, None, None] * a
+    return x.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
