@@ -53,7 +53,8 @@ DATA = ROOT.parent / "shared" / "data"
 # ------------------------------------------------------------------------------------------------ scenes
 def scene_wall(size: int = 256, seed: int = 0):
     """131,072 Gaussians (2 x size^2) and the middle camera of the path; float32."""
-    from vscene_engine.synthetic import demo_cameras, depth_to_gaussians, procedural_scene
+    from vscene_engine.depth_prior import depth_to_gaussians
+    from vscene_engine.synthetic import demo_cameras, procedural_scene
     from vscene_engine.trajectories import make_trajectory
 
     truth = procedural_scene(40000, seed=seed)

@@ -18,7 +18,8 @@ from vscene_engine.depth_prior import depth_from_image, depth_prior, fit_depth_s
 from vscene_engine.losses import psnr
 from vscene_engine.prior import PriorConfig, coarse_prior
 from vscene_engine.rasterize import render
-from vscene_engine.synthetic import demo_cameras, depth_to_gaussians, procedural_scene
+from vscene_engine.depth_prior import depth_to_gaussians
+from vscene_engine.synthetic import demo_cameras, procedural_scene
 from vscene_engine.trajectories import make_trajectory
 from vscene_engine.gaussians import GaussianScene
 

@@ -4,7 +4,7 @@ Entry point: :func:`depth_prior` ``(images [2,H,W,3], cams, depth [2,H,W], confi
 (``coarse_prior(method="depth")`` in :mod:`vscene_engine.prior` calls it).
 
 Every kept pixel of each view becomes one Gaussian with the same per-pixel layout as the stereo prior
-(:func:`vscene_engine.synthetic.depth_to_gaussians`): centre on the pixel's ray (pixel centre at +0.5) at its depth
+(:func:`depth_to_gaussians`): centre on the pixel's ray (pixel centre at +0.5) at its depth
 (view z), isotropic in-plane scale ``scale_mult * depth / fx`` (the pixel footprint), ``thickness`` times that along
 the optical axis, rotation = the camera's, colour = the pixel (SH DC), opacity ``opacity`` times
 ``0.25 + 0.75 * confidence`` with ``opacity_from_confidence``. Kept pixels: finite depth > 0 and confidence >=
@@ -28,21 +28,73 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .cameras import Cameras
-from .gaussians import GaussianScene
+from .gaussians import GaussianScene, rotmat_to_quat
 from .runtime import Progress, as_progress
-from .synthetic import depth_to_gaussians
+from .sh import rgb_to_sh_dc
 
-__all__ = ["depth_prior", "fit_depth_scale", "depth_from_image", "maps_to_views", "snap_depth_edges",
+__all__ = ["depth_prior", "depth_to_gaussians", "PriorResult", "fit_depth_scale", "depth_from_image", "maps_to_views", "snap_depth_edges",
            "DEPTH_ENCODINGS"]
 
 DEPTH_ENCODINGS = ("depth", "inverse")  # value = depth (far = bright) / value proportional to 1/depth (near = bright)
 _TRUNC = 0.3  # truncation of the per-pixel colour error in the scale search (robust to occlusions)
+
+
+@dataclass
+class PriorResult:
+    """Result of every coarse prior (:func:`vscene_engine.prior.coarse_prior`, :func:`depth_prior`): Gaussians from
+    per-view depth.
+
+    scene:      fused :class:`GaussianScene` (float32, CPU or the images' device), one Gaussian per kept pixel.
+    depth:      ``[2,H,W]`` per-view depth (view z) from the stereo step (estimate everywhere).
+    confidence: ``[2,H,W]`` in 0..1.
+    valid:      ``[2,H,W]`` bool, the pixels whose stereo depth was kept (valid and ``>= min_confidence``); with
+                ``fill_holes`` the other pixels became Gaussians too, at the filled depth (count per view:
+                ``info["n_filled"]``).
+    info:       dict: ``method``, ``n_gaussians`` per view, ``n_filled`` per view, ``stereo`` (the stereo info dict),
+                ``time_s``.
+    cameras:    method "noposplat": the 2 cameras it found for the photos (A = identity, baseline 1); else None
+                (the given cameras are used as they are).
+    """
+
+    scene: GaussianScene
+    depth: Tensor
+    confidence: Tensor
+    valid: Tensor
+    info: dict = field(default_factory=dict)
+    cameras: Optional[Cameras] = None
+
+
+
+def depth_to_gaussians(depth: torch.Tensor, rgb: torch.Tensor, camera: Cameras, *, opacity=0.9, scale_mult: float = 1.0,
+                       thickness: float = 1.0, sh_degree: int = 0) -> GaussianScene:
+    """One Gaussian per pixel: depth [H,W] (view z), rgb [H,W,3], camera a 1-camera Cameras of the same size.
+
+    Centre = pixel ray at its depth; isotropic in-plane scale = scale_mult * depth / fx (the pixel footprint), scale
+    along the optical axis times ``thickness``; rotation = camera orientation; opacity scalar or [H,W].
+    """
+    H, W = depth.shape
+    if (W, H) != (camera.width, camera.height) or len(camera) != 1:
+        raise ValueError(f"depth_to_gaussians: depth is {W}x{H} but the camera is {camera.width}x{camera.height} "
+                         f"(and must be a single camera)")
+    j, i = torch.meshgrid(torch.arange(H, dtype=depth.dtype) + 0.5, torch.arange(W, dtype=depth.dtype) + 0.5,
+                          indexing="ij")
+    uv = torch.stack([i, j], -1).reshape(1, -1, 2)
+    pts = camera.to(dtype=depth.dtype).unproject(uv, depth.reshape(1, -1))[0]
+    fx = camera.K[0, 0, 0].to(depth.dtype)
+    s = scale_mult * depth.reshape(-1) / fx
+    scales = torch.stack([s, s, s * thickness], -1)
+    q = rotmat_to_quat(camera.c2w[0, :3, :3].to(depth.dtype)).expand(H * W, 4).clone()
+    op = torch.as_tensor(opacity, dtype=depth.dtype).expand(H, W).reshape(-1).clone()
+    sh = torch.zeros(H * W, (sh_degree + 1) ** 2, 3, dtype=depth.dtype)
+    sh[:, 0] = rgb_to_sh_dc(rgb.reshape(-1, 3).to(depth.dtype))
+    return GaussianScene(means=pts, scales=scales, quats=q, opacities=op, sh=sh)
 
 
 def depth_from_image(img: Tensor, encoding: str = "depth", eps: float = 1e-3) -> Tensor:
@@ -195,8 +247,6 @@ def depth_prior(
     and info (``method``, ``n_gaussians`` and ``n_snapped`` per view, ``depth_scale`` per view, ``scale_fit`` when
     aligned, ``time_s``). ``edge_snap``: see :func:`snap_depth_edges` (0 = off). ``progress``: a
     :class:`~vscene_engine.runtime.Progress` (only ``check_interrupt()`` is called)."""
-    from .prior import PriorResult
-
     t0 = time.perf_counter()
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] != 2 or images.shape[-1] != 3:
         raise ValueError(f"depth prior: images must be [2,H,W,3], got "

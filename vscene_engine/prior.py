@@ -6,7 +6,7 @@ Entry points: :func:`coarse_prior` ``(images [2,H,W,3], cams) -> PriorResult`` a
 ``method="stereo"`` (the weight-free path): :func:`vscene_engine.stereo.stereo_depth` gives a depth map, a confidence
 and a validity mask for each photo; every valid pixel becomes one Gaussian (by default the rejected pixels too, at a
 filled-in depth, see below), in the pixel-aligned layout of MVSplat / pixelSplat, built with
-:func:`vscene_engine.synthetic.depth_to_gaussians`:
+:func:`vscene_engine.depth_prior.depth_to_gaussians`:
 
 * centre: the pixel's ray at its estimated depth (view z);
 * scale: isotropic, ``scale_mult * depth / fx`` (the pixel footprint, so neighbouring Gaussians just overlap),
@@ -53,35 +53,11 @@ from .cameras import Cameras
 from .gaussians import GaussianScene
 from .runtime import Progress, as_progress
 from .stereo import StereoConfig, stereo_depth
-from .synthetic import depth_to_gaussians
+from .depth_prior import PriorResult, depth_to_gaussians
 
 __all__ = ["coarse_prior", "PriorConfig", "PriorResult", "render_trajectory", "fill_depth_holes", "PRIOR_METHODS"]
 
 PRIOR_METHODS = ("stereo", "mvsplat", "depth", "noposplat")
-
-
-@dataclass
-class PriorResult:
-    """Result of :func:`coarse_prior`.
-
-    scene:      fused :class:`GaussianScene` (float32, CPU or the images' device), one Gaussian per kept pixel.
-    depth:      ``[2,H,W]`` per-view depth (view z) from the stereo step (estimate everywhere).
-    confidence: ``[2,H,W]`` in 0..1.
-    valid:      ``[2,H,W]`` bool, the pixels whose stereo depth was kept (valid and ``>= min_confidence``); with
-                ``fill_holes`` the other pixels became Gaussians too, at the filled depth (count per view:
-                ``info["n_filled"]``).
-    info:       dict: ``method``, ``n_gaussians`` per view, ``n_filled`` per view, ``stereo`` (the stereo info dict),
-                ``time_s``.
-    cameras:    method "noposplat": the 2 cameras it found for the photos (A = identity, baseline 1); else None
-                (the given cameras are used as they are).
-    """
-
-    scene: GaussianScene
-    depth: Tensor
-    confidence: Tensor
-    valid: Tensor
-    info: dict = field(default_factory=dict)
-    cameras: Optional[Cameras] = None
 
 
 @dataclass(frozen=True)

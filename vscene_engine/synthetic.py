@@ -19,7 +19,7 @@ from .cameras import Cameras, look_at
 from .gaussians import GaussianScene, rotmat_to_quat
 from .sh import rgb_to_sh_dc
 
-__all__ = ["procedural_scene", "demo_cameras", "depth_to_gaussians", "damage_video"]
+__all__ = ["procedural_scene", "demo_cameras", "damage_video"]
 
 
 def _frame_from_normals(n: torch.Tensor) -> torch.Tensor:
@@ -122,30 +122,6 @@ def demo_cameras(width: int = 256, height: int = 192, fov_deg: float = 55.0) -> 
     K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
     return Cameras(c2w=c2w, K=K, width=width, height=height, near=0.5, far=10.0, names=["view_a", "view_b"])
 
-
-def depth_to_gaussians(depth: torch.Tensor, rgb: torch.Tensor, camera: Cameras, *, opacity=0.9, scale_mult: float = 1.0,
-                       thickness: float = 1.0, sh_degree: int = 0) -> GaussianScene:
-    """One Gaussian per pixel: depth [H,W] (view z), rgb [H,W,3], camera a 1-camera Cameras of the same size.
-
-    Centre = pixel ray at its depth; isotropic in-plane scale = scale_mult * depth / fx (the pixel footprint), scale
-    along the optical axis times ``thickness``; rotation = camera orientation; opacity scalar or [H,W].
-    """
-    H, W = depth.shape
-    if (W, H) != (camera.width, camera.height) or len(camera) != 1:
-        raise ValueError(f"depth_to_gaussians: depth is {W}x{H} but the camera is {camera.width}x{camera.height} "
-                         f"(and must be a single camera)")
-    j, i = torch.meshgrid(torch.arange(H, dtype=depth.dtype) + 0.5, torch.arange(W, dtype=depth.dtype) + 0.5,
-                          indexing="ij")
-    uv = torch.stack([i, j], -1).reshape(1, -1, 2)
-    pts = camera.to(dtype=depth.dtype).unproject(uv, depth.reshape(1, -1))[0]
-    fx = camera.K[0, 0, 0].to(depth.dtype)
-    s = scale_mult * depth.reshape(-1) / fx
-    scales = torch.stack([s, s, s * thickness], -1)
-    q = rotmat_to_quat(camera.c2w[0, :3, :3].to(depth.dtype)).expand(H * W, 4).clone()
-    op = torch.as_tensor(opacity, dtype=depth.dtype).expand(H, W).reshape(-1).clone()
-    sh = torch.zeros(H * W, (sh_degree + 1) ** 2, 3, dtype=depth.dtype)
-    sh[:, 0] = rgb_to_sh_dc(rgb.reshape(-1, 3).to(depth.dtype))
-    return GaussianScene(means=pts, scales=scales, quats=q, opacities=op, sh=sh)
 
 
 # ============================================================================================ simulated prior damage
