@@ -123,7 +123,6 @@ def demo_cameras(width: int = 256, height: int = 192, fov_deg: float = 55.0) -> 
     return Cameras(c2w=c2w, K=K, width=width, height=height, near=0.5, far=10.0, names=["view_a", "view_b"])
 
 
-
 # ============================================================================================ simulated prior damage
 DAMAGE_SHIFT_PX = 3.0  # misregistration (pose error): largest in-plane shift, pixels, at level 1 mid-path
 DAMAGE_ROT_DEG = 3.0  # ... and largest in-plane rotation, degrees
