@@ -521,6 +521,12 @@ def render(
                 if not _needs_grad(scene, c2ws[i], Ks[i]) and raster_numba.nograd_usable():  # compiled projection too
                     C, D, T = raster_numba.render_nograd(scene, c2ws[i], Ks[i], W, H, tile or raster_numba.TILE, **kw)
                     rgb, alpha, depth = _finish_numba(C, D, T, bg)
+                elif (not antialiased and not c2ws.requires_grad and not Ks.requires_grad
+                      and raster_numba.grad_usable()):  # projection and its backward compiled too
+                    C, D, T = raster_numba.render_grad(scene, c2ws[i], Ks[i], W, H, tile or raster_numba.TILE,
+                                                       eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+                                                       sh_degree=sh_degree)
+                    rgb, alpha, depth = _finish_numba(C, D, T, bg)
                 else:
                     proj = _project_few_threads(scene, c2ws[i], Ks[i], W, H, kw)
                     rgb, alpha, depth = _render_one_numba(proj, W, H, bg, tile or raster_numba.TILE)
