@@ -183,7 +183,14 @@ def _backward(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, sto
         s, e = offsets[t], offsets[t + 1]
         T = t_final[Y0:Y1, X0:X1].copy()
         S = np.zeros((th, tw, 4))
-        for k in range(e - 1, s - 1, -1):
+        # entries at or behind every pixel's stop position took no part (the forward left the tile there): zero rows
+        last = 0
+        for j in range(Y0, Y1):
+            for i in range(X0, X1):
+                last = max(last, stop_all[j, i])
+        for k in range(s + last, e):
+            g_isect[k, :] = 0.0
+        for k in range(s + last - 1, s - 1, -1):
             g = ids[k]
             mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
             cr, cg, cb = gp[g, 7], gp[g, 8], gp[g, 9]
