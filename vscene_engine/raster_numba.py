@@ -611,8 +611,8 @@ def _project_backward(means, scales, quats, sh, deg, cam, width, height, eps2d, 
     opacities [N] and sh [N,K,3] (rows of Gaussians that were culled stay zero; the caller zeroes the outputs).
 
     Chain (forward in :func:`_project`): p_cam = R p + t; q' = q_cw ⊗ q, q̂ = q'/|q'|; M = rot(q̂) diag(s);
-    Jacobian rows (j0, 0, -j2), (0, j1, -j3) with j0 = fx/z, j2 = fx·tx/z², tx = z·clamp(x/z) (the clamp passes no
-    gradient to x/z where it binds); u = j0 M₀ - j2 M₂, v = j1 M₁ - j3 M₂; (a, b, c) = (u·u + ε, u·v, v·v + ε);
+    Jacobian rows (j0, 0, -j2), (0, j1, -j3) with j0 = fx/z, j2 = fx·tx/z², tx = z·clamp(x/z) (the clamp passes
+    no gradient to x/z where it binds); u = j0 M₀ - j2 M₂, v = j1 M₁ - j3 M₂; (a, b, c) = (u·u + ε, u·v, v·v + ε);
     conic = (c, -b, a)/det; mean2d = (fx x/z + cx, fy y/z + cy); colour = max(SH(dir/|dir|) + 0.5, 0)."""
     N = means.shape[0]
     r00, r01, r02, r10, r11, r12, r20, r21, r22 = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5], cam[6], cam[7], cam[8]
