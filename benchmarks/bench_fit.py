@@ -9,8 +9,8 @@ first densify step is at iteration 500), batch of one view.
 Stages (``--profile``; timers wrap the engine's functions, so they add a little overhead of their own):
 projection forward / backward, tile forward / backward, loss (L1 + D-SSIM) forward, rest of backward (loss, SSIM,
 activations), densify statistics, optimizer step. ``--paths`` times the whole fit for each training path
-(``compiled``: numba projection + tiles in one autograd function; ``torch-proj``: the projection in torch autograd,
-the previous path) in the same run, and reports their ratio and the largest difference of the fitted scenes.
+(``compiled``: numba projection + tiles in one autograd function; ``torch-proj``: the projection in torch autograd;
+``previous``: torch-proj plus the fit loop as it was, per-tensor Adam on torch's thread count) in the same run, and reports their ratio and the largest difference of the fitted scenes.
 
     python benchmarks/bench_fit.py [--threads 2] [--size 384] [--iters 20] [--paths compiled,torch-proj] [--profile]
 
@@ -113,24 +113,32 @@ def profiling(T):
 
 @contextmanager
 def training_path(name):
-    """``compiled``: the default; ``torch-proj``: the previous path (projection in torch autograd)."""
+    """``compiled``: the default; ``torch-proj``: the projection in torch autograd (the previous rasterizer path);
+    ``previous``: that and the fit as it was before (per-tensor Adam, the fit's torch ops on torch's thread count)."""
     from vscene_engine import raster_numba
 
     if name == "compiled":
         yield
         return
-    if name != "torch-proj":
+    if name not in ("torch-proj", "previous"):
         raise SystemExit(f"unknown path {name!r}")
+    from contextlib import ExitStack, nullcontext
+
+    from vscene_engine import optimize
+
     st = raster_numba._STATE
-    old = st.get("grad_ok", None)
-    st["grad_ok"] = False  # the probe's answer: take the previous path
+    raster_numba.grad_usable()
+    old = st["grad_ok"]
+    st["grad_ok"] = False  # the probe's answer: take the torch-projection path
     try:
-        yield
+        with ExitStack() as es:
+            if name == "previous":  # also the per-tensor Adam and torch's own thread count for the fit's torch ops
+                es.enter_context(patched(optimize, "_adam", lambda f: lambda groups, dev: torch.optim.Adam(
+                    groups, lr=0.0, eps=1e-15)))
+                es.enter_context(patched(optimize, "_torch_glue_threads", lambda f: lambda dev: nullcontext()))
+            yield
     finally:
-        if old is None:
-            st.pop("grad_ok", None)
-        else:
-            st["grad_ok"] = old
+        st["grad_ok"] = old
 
 
 def main(argv=None):
@@ -138,7 +146,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--iters", type=int, default=20, help="iterations per timed fit (the workflow runs 150)")
-    ap.add_argument("--paths", default="compiled,torch-proj")
+    ap.add_argument("--paths", default="compiled,previous")
     ap.add_argument("--profile", action="store_true", help="split the iteration into stages")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
@@ -169,9 +177,10 @@ def main(argv=None):
         if args.profile:
             for k, v in sorted(T.t.items(), key=lambda kv: -kv[1]):
                 print(f"  {k:34s} {v / args.iters * 1000:8.1f} ms/iter")
-    if len(results) == 2:
-        (a, (wa, ra, _)), (b, (wb, rb, _)) = results.items()
-        print(f"\nwhole fit {b} / {a}: {wb / wa:.2f}x")
+    items = list(results.items())
+    for b, (wb, rb, _) in items[1:]:
+        a, (wa, ra, _) = items[0]
+        print(f"\nwhole reconstruct {b} / {a}: {wb / wa:.2f}x")
         for f in ("means", "scales", "opacities", "sh"):
             d = (getattr(ra.scene, f) - getattr(rb.scene, f)).abs().max()
             print(f"  max |{f} {a} - {b}| = {float(d):.2e}")

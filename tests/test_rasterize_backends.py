@@ -359,23 +359,3 @@ def test_compiled_grad_path_falls_back_when_probe_fails(monkeypatch):
     for k, a, b in zip(NAMES, g_fast, g_slow):
         assert float((a - b).abs().max()) <= 1e-8 * float(b.abs().max()), k
 
-
-@needs_numba
-def test_parallel_reduction_equals_serial_bitwise():
-    """_reduce_par (parallel over the binning blocks) sums every Gaussian's rows in the order of the serial _reduce."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    G, W, H, tile = 700, 50, 37, 8
-    gp = np.zeros((G, 10))
-    gp[:, 0], gp[:, 1] = rng.uniform(-5, W + 5, G), rng.uniform(-5, H + 5, G)
-    ext = rng.uniform(0.5, 20.0, (G, 2))
-    rect = raster_numba._pixel_rects(gp, ext, W, H)
-    tiles_x, tiles_y = (W + tile - 1) // tile, (H + tile - 1) // tile
-    order = rng.permutation(G).astype(np.int64)
-    offsets, ids, start = raster_numba._bin_tiles_par(rect, order, tile, tiles_x, tiles_x * tiles_y)
-    rows = rng.standard_normal((ids.shape[0], 10))
-    assert ids.shape[0] > 5 * G  # many Gaussians span several tiles
-    a = raster_numba._reduce(ids, rows, G)
-    b = raster_numba._run(raster_numba._reduce_par, ids, rows, G, offsets, start)
-    assert np.array_equal(a, b)

@@ -242,7 +242,13 @@ def _backward(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, sto
 @_jit
 def _reduce(ids, g_isect, n_gauss):
     """Sum the per-intersection gradient rows into per-Gaussian rows (fixed order: deterministic)."""
-    out = np.zeros((n_gauss, g_isect.shape[1]))
+    return _reduce_into(ids, g_isect, np.empty((n_gauss, g_isect.shape[1])))
+
+
+@_jit
+def _reduce_into(ids, g_isect, out):
+    """:func:`_reduce` into ``out`` [n_gauss, C] (zeroed here); returns ``out``."""
+    out[:] = 0.0
     for k in range(ids.shape[0]):
         out[ids[k]] += g_isect[k]
     return out
@@ -459,33 +465,17 @@ def _bin_tiles_par(rect, order, tile, tiles_x, n_tiles):
                     t = ty * tiles_x + tx
                     ids[fill[t]] = g
                     fill[t] += 1
-    return offsets, ids, start
+    return offsets, ids
 
 
-@_jit(parallel=True)
-def _reduce_par(ids, g_isect, n_gauss, offsets, start):
-    """:func:`_reduce` in parallel over the binning blocks of :func:`_bin_tiles_par`: block ``blk``'s entries of
-    tile ``t`` are ``ids[start[blk, t] : start[blk + 1, t]]`` and the blocks hold disjoint Gaussians, so each block
-    sums its own rows with no contention, visiting tiles in order — the same order as :func:`_reduce` (bitwise
-    equal, whatever the thread count)."""
-    out = np.zeros((n_gauss, g_isect.shape[1]))
-    nb, n_tiles = start.shape[0], start.shape[1]
-    for blk in prange(nb):
-        for t in range(n_tiles):
-            e = start[blk + 1, t] if blk + 1 < nb else offsets[t + 1]
-            for k in range(start[blk, t], e):
-                g = ids[k]
-                for m in range(g_isect.shape[1]):
-                    out[g, m] += g_isect[k, m]
-    return out
 
-
-_BUFFERS = {}  # per-Gaussian work arrays of render_nograd, kept between calls (see release_buffers)
+_BUFFERS = {}  # work arrays of render_nograd and of the compiled backward, kept between calls (see release_buffers)
 
 
 def release_buffers() -> None:
-    """Free the per-Gaussian work arrays :func:`render_nograd` keeps between calls (~100 bytes per Gaussian of the
-    largest scene rendered; re-using them saves the page faults of fresh allocations, ~20 ms at 221k Gaussians)."""
+    """Free the per-Gaussian work arrays :func:`render_nograd` and the compiled backward keep between calls (~100
+    bytes per Gaussian of the largest scene rendered, and ~250 per Gaussian after a backward, plus 80 per
+    intersection; re-using them saves the page faults of fresh allocations, ~20-80 ms at 221k Gaussians)."""
     with _LOCK:
         _BUFFERS.clear()
 
@@ -493,7 +483,6 @@ def release_buffers() -> None:
 def _buffers(N):
     """rec [N,10], rect [N,4], keep [N]: views of arrays grown to the largest N seen (callers hold _LOCK)."""
     if _BUFFERS.get("n", -1) < N:
-        _BUFFERS.clear()
         _BUFFERS.update(n=N, rec=np.empty((N, 10)), rect=np.empty((N, 4), np.int64), keep=np.empty(N, np.int64))
     return _BUFFERS["rec"][:N], _BUFFERS["rect"][:N], _BUFFERS["keep"][:N]
 
@@ -505,7 +494,7 @@ def _render_nograd_arrays(means, scales, quats, opac, sh, deg, cam, width, heigh
     _project(means, scales, quats, opac, sh, deg, cam, width, height, eps2d, antialiased, near, far, rec, rect, keep)
     order = _depth_order(rec, keep)
     tiles_x, tiles_y = (width + tile - 1) // tile, (height + tile - 1) // tile
-    offsets, ids, _ = _bin_tiles_par(rect, order, tile, tiles_x, tiles_x * tiles_y)
+    offsets, ids = _bin_tiles_par(rect, order, tile, tiles_x, tiles_x * tiles_y)
     c = np.empty((height, width, 3))
     d = np.empty((height, width))
     t = np.empty((height, width))
@@ -624,7 +613,7 @@ def _project_backward(means, scales, quats, sh, deg, cam, width, height, eps2d, 
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
     lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
     n_blk = (N + _PROJ_BLOCK - 1) // _PROJ_BLOCK
-    nk = (deg + 1) * (deg + 1)
+    nk = min((deg + 1) * (deg + 1), sh.shape[1])
     for blk in prange(n_blk):
         bb = np.zeros(25)
         bgx = np.zeros(25)
@@ -757,28 +746,40 @@ def _forward_grad_arrays(means, scales, quats, opac, sh, deg, cam, width, height
     _project(means, scales, quats, opac, sh, deg, cam, width, height, eps2d, False, near, far, rec, rect, keep)
     order = _depth_order(rec, keep)
     tiles_x, tiles_y = (width + tile - 1) // tile, (height + tile - 1) // tile
-    offsets, ids, start = _bin_tiles_par(rect, order, tile, tiles_x, tiles_x * tiles_y)
+    offsets, ids = _bin_tiles_par(rect, order, tile, tiles_x, tiles_x * tiles_y)
     c = np.empty((height, width, 3))
     d = np.empty((height, width))
     t = np.empty((height, width))
     stop = np.empty((height, width), np.int64)
     _forward(rec, rect, offsets, ids, width, height, tile, tiles_x, c, d, t, stop)
-    return c, d, t, (rec, rect, keep, offsets, ids, start, t, stop)
+    return c, d, t, (rec, rect, keep, offsets, ids, t, stop)
 
 
-def _backward_grad_arrays(means, scales, quats, sh, deg, cam, width, height, tile, eps2d, saved, gc, gd, gt):
-    rec, rect, keep, offsets, ids, start, t, stop = saved
+def _grad_buffer(name, shape):
+    """A work array of :func:`_backward_grad_arrays` kept between calls in ``_BUFFERS`` (fresh
+    arrays of this size cost ~20-80 ms of page faults per backward at 221k Gaussians); callers hold ``_LOCK``."""
+    n = int(np.prod(np.array(shape, np.int64)))
+    buf = _BUFFERS.get(name)
+    if buf is None or buf.size < n:
+        buf = _BUFFERS[name] = np.empty(max(n, 1))
+    return buf[:n].reshape(shape)
+
+
+def _backward_grad_arrays(means, scales, quats, sh, deg, cam, width, height, tile, eps2d, saved, gc, gd, gt, finish):
+    """Compiled backward of :class:`_RenderGrad` into reused work arrays; ``finish(g_means, g_scales, g_quats, g_opac,
+    g_sh)`` copies them out while the lock is still held."""
+    rec, rect, keep, offsets, ids, t, stop = saved
     tiles_x = (width + tile - 1) // tile
-    g_isect = np.empty((ids.shape[0], 10))
-    _backward(rec, rect, offsets, ids, width, height, tile, tiles_x, t, stop, gc, gd, gt, g_isect)
-    g_rec = _reduce_par(ids, g_isect, means.shape[0], offsets, start)
-    del g_isect
     N = means.shape[0]
-    g_means, g_scales, g_quats = np.zeros((N, 3)), np.zeros((N, 3)), np.zeros((N, 4))
-    g_opac, g_sh = np.zeros(N), np.zeros(sh.shape)
-    _project_backward(means, scales, quats, sh, deg, cam, width, height, eps2d, rec, keep, g_rec,
-                      g_means, g_scales, g_quats, g_opac, g_sh)
-    return g_means, g_scales, g_quats, g_opac, g_sh
+    g_isect = _grad_buffer("g_isect", (ids.shape[0], 10))
+    _backward(rec, rect, offsets, ids, width, height, tile, tiles_x, t, stop, gc, gd, gt, g_isect)
+    g_rec = _reduce_into(ids, g_isect, _grad_buffer("g_rec", (N, 10)))
+    outs = [_grad_buffer(k, shp) for k, shp in (("g_means", (N, 3)), ("g_scales", (N, 3)), ("g_quats", (N, 4)),
+                                                 ("g_opac", (N,)), ("g_sh", sh.shape))]
+    for o in outs:
+        o[...] = 0.0
+    _project_backward(means, scales, quats, sh, deg, cam, width, height, eps2d, rec, keep, g_rec, *outs)
+    return finish(*outs)
 
 
 def _np64(t):
@@ -821,10 +822,12 @@ class _RenderGrad(torch.autograd.Function):
         gc = as64(g_c, (height, width, 3))
         gd = as64(g_d, (height, width))
         gt = as64(g_t, (height, width))
-        grads = _run(_backward_grad_arrays, means, scales, quats, sh, deg, cam, width, height, tile, eps2d,
-                     ctx.saved, gc, gd, gt)
-        out = [torch.from_numpy(g).to(device=dev, dtype=dt) if need else None
-               for g, (dt, dev), need in zip(grads, ctx.meta, ctx.needs_input_grad[1:])]
+        def finish(*grads):  # copies: the arrays are reused by the next backward
+            return [torch.from_numpy(g).to(device=dev, dtype=dt, copy=True) if need else None
+                    for g, (dt, dev), need in zip(grads, ctx.meta, ctx.needs_input_grad[1:])]
+
+        out = _run(_backward_grad_arrays, means, scales, quats, sh, deg, cam, width, height, tile, eps2d,
+                   ctx.saved, gc, gd, gt, finish)
         return (None, *out)
 
 
@@ -927,20 +930,20 @@ class _Composite(torch.autograd.Function):
         ext64 = np.ascontiguousarray(ext.detach().to("cpu", torch.float64).numpy())
         tiles_x, tiles_y = (width + tile - 1) // tile, (height + tile - 1) // tile
         rect = _pixel_rects(gp64, ext64, width, height)
-        offsets, ids, start = _run(_bin_tiles_par, rect, np.arange(rect.shape[0]), tile, tiles_x, tiles_x * tiles_y)
+        offsets, ids = _run(_bin_tiles_par, rect, np.arange(rect.shape[0]), tile, tiles_x, tiles_x * tiles_y)
         c = np.empty((height, width, 3))
         d = np.empty((height, width))
         t = np.empty((height, width))
         stop = np.empty((height, width), np.int64)
         _run(_forward, gp64, rect, offsets, ids, width, height, tile, tiles_x, c, d, t, stop)
-        ctx.geom = (gp64, rect, offsets, ids, width, height, tile, tiles_x, t, stop, start)
+        ctx.geom = (gp64, rect, offsets, ids, width, height, tile, tiles_x, t, stop)
         ctx.gp_meta = (gp.dtype, gp.device, gp.shape[0])
         cast = lambda a: torch.from_numpy(a).to(device=gp.device, dtype=gp.dtype)  # noqa: E731
         return cast(c), cast(d), cast(t)
 
     @staticmethod
     def backward(ctx, g_c, g_d, g_t):
-        gp64, rect, offsets, ids, width, height, tile, tiles_x, t, stop, start = ctx.geom
+        gp64, rect, offsets, ids, width, height, tile, tiles_x, t, stop = ctx.geom
         dtype, device, G = ctx.gp_meta
         as64 = lambda g, shape: (np.zeros(shape) if g is None else  # noqa: E731
                                  np.ascontiguousarray(g.detach().to("cpu", torch.float64).numpy()))
@@ -949,7 +952,7 @@ class _Composite(torch.autograd.Function):
         gt = as64(g_t, (height, width))
         g_isect = np.empty((ids.shape[0], 10))
         _run(_backward, gp64, rect, offsets, ids, width, height, tile, tiles_x, t, stop, gc, gd, gt, g_isect)
-        grad = _run(_reduce_par, ids, g_isect, G, offsets, start)
+        grad = _reduce(ids, g_isect, G)
         return torch.from_numpy(grad).to(device=device, dtype=dtype), None, None, None, None
 
 
