@@ -1,12 +1,17 @@
-"""Compiled CPU compositing for :mod:`vscene_engine.rasterize` (numba). Entry points: :func:`composite`
-(differentiable) and :func:`render_nograd` (forward only).
+"""Compiled CPU rendering for :mod:`vscene_engine.rasterize` (numba). Entry points: :func:`render_grad`
+(differentiable, everything compiled), :func:`render_nograd` (forward only) and :func:`composite` (differentiable
+compositing of an already projected scene: the fallback when :func:`grad_usable`'s guarded first call fails, and for
+``antialiased`` or cameras that require grad, where the projection stays in torch autograd).
 
-With autograd, only the per-tile, per-pixel front-to-back loop is compiled; EWA projection and SH stay in torch (and
-differentiable there). Without autograd (no input requires grad, or grad mode off: the coarse video, previews),
-:func:`render_nograd` compiles the rest too: :func:`_project` (EWA projection, SH colour and culling, float64, the
-math of ``rasterize.project_gaussians``, parallel over blocks of Gaussians), :func:`_depth_order` (a stable radix sort
-of the depths: exact depth order, ties in scene order), :func:`_bin_tiles_par` (parallel binning, per-tile lists in
-depth order) and the same :func:`_forward` kernel. Its output equals the torch backend to ~1e-12 on float64 scenes;
+:func:`render_grad` (fitting): the forward of :func:`render_nograd` plus a compiled backward — the tile pass
+:func:`_backward`, the fixed-order reduction :func:`_reduce` and :func:`_project_backward`, the hand-written derivative
+of the projection (quaternion/scale -> camera-space factor -> EWA 2D covariance -> conic, 2D mean, depth, SH colour
+incl. its view-direction term, opacity) — in one ``torch.autograd.Function``, so no torch graph is built over the
+Gaussians; equal to the torch backend's autograd to ~1e-8 relative (tests). Without autograd (no input requires
+grad, or grad mode off: the coarse video, previews), :func:`render_nograd` compiles: :func:`_project` (EWA
+projection, SH colour and culling, float64, the math of ``rasterize.project_gaussians``, parallel over blocks of
+Gaussians), :func:`_depth_order` (a stable radix sort of the depths: exact depth order, ties in scene order),
+:func:`_bin_tiles_par` (parallel binning, per-tile lists in depth order) and the same :func:`_forward` kernel. Its output equals the torch backend to ~1e-12 on float64 scenes;
 on float32 scenes it is closer to the float64 reference than the float32 torch projection (it projects in float64).
 
 ``composite(gp, extent, width, height, tile)`` takes the projected Gaussians already in exact depth order

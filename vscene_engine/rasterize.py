@@ -30,10 +30,12 @@ Backends (all produce the image above; ``RenderOutput.backend`` says which one r
   truncates a Gaussian's footprint: the tile/pixel range of each Gaussian is the exact extent where ``alpha ≥ 1/255``
   can hold (an opacity-aware ellipse bound, padded), so it equals a brute-force evaluation of every Gaussian at every
   pixel. The reference the others are tested against.
-* ``"numba"``: the same projection in torch, then the per-tile, per-pixel front-to-back loop compiled for the CPU
-  (:mod:`vscene_engine.raster_numba`: float64, parallel over tiles, hand-written backward). Equal to ``"torch"`` to
-  ~1e-12. When no gradient is needed (grad mode off or no input requiring grad) projection, SH, culling, depth sort
-  and binning are compiled too (``raster_numba.render_nograd``, float64 whatever the scene dtype). Its thread policy
+* ``"numba"``: projection, SH, culling, depth sort, binning and the per-tile, per-pixel front-to-back loop compiled
+  for the CPU (:mod:`vscene_engine.raster_numba`: float64 whatever the scene dtype, parallel over tiles), with a
+  hand-written backward of all of it (``raster_numba.render_grad``; without autograd ``render_nograd``). Equal to
+  ``"torch"`` to ~1e-12 (images) / ~1e-8 relative (gradients). With ``antialiased=True``, cameras that require grad,
+  or when the compiled autograd path's guarded first call fails, the projection runs in torch autograd and only the
+  compositing is compiled. Its thread policy
   (non-spinning pool, ``torch.get_num_threads()`` threads) is documented there.
 * ``"torch32"``: the torch rasterizer with no float64 anywhere (MPS has none, consumer NVIDIA cards run it at 1/64
   speed): alpha in float32, transmittance scanned in int64 fixed point. Equal to the reference to float32 rounding
