@@ -11,7 +11,9 @@ Scenes (each skipped cleanly when its data is absent):
 * ``wall``: MVSplat-shaped synthetic scene, one Gaussian per pixel of two 256x256 depth maps of the engine's
   procedural scene (131,072 Gaussians), middle camera of the interpolation path.
 
-Backends: ``--backends`` (default: every one usable on the device: numba, torch32, torch on CPU; + gsplat on CUDA).
+Backends: ``--backends`` (default: every one usable on the device: numba, torch32, torch on CPU; + gsplat on CUDA;
+``numba-torchproj`` is the numba backend with its previous autograd path: projection and its backward in torch
+autograd, only the compositing compiled).
 ``--comfyui DIR`` also times core ComfyUI's RenderSplat renderer (``comfy_extras/nodes_gaussian_splat.py``, called
 in-process on the same scene and camera; that ComfyUI's requirements must be importable). ``--busy`` re-runs every
 forward/backward with one CPU-bound background process and reports busy/quiet ratios.
@@ -158,6 +160,17 @@ def measure(fn, repeats, dev):
 
 
 def bench_backend(scene, cam, backend, repeats, dev, sync):
+    if backend == "numba-torchproj":  # the numba backend's previous autograd path (projection in torch autograd)
+        from vscene_engine import raster_numba
+
+        raster_numba.grad_usable()  # the probe has run, so its answer can be restored
+        old = raster_numba._STATE.get("grad_ok")
+        raster_numba._STATE["grad_ok"] = False
+        try:
+            return bench_backend(scene, cam, "numba", repeats, dev, sync)
+        finally:
+            raster_numba._STATE["grad_ok"] = old
+
     def fwd():
         with torch.no_grad():
             o = render(scene, cam, backend=backend)
@@ -239,7 +252,8 @@ def run_all(scenes, backends, args, dev, sync):
         for b in backends:
             r = bench_backend(scene, cam, b, args.repeats, dev, sync)
             rows[(sname, b)] = r
-            print(f"  {sname:8s} {b:8s} fwd {r['forward_s']:.3f}s  bwd {r['backward_s']:.3f}s", flush=True)
+            print(f"  {sname:8s} {b:8s} fwd {r['forward_s']:.3f}s  fwd (grad) {r['forward_with_grad_s']:.3f}s  "
+                  f"bwd {r['backward_s']:.3f}s  bwd/fwd {r['backward_s'] / r['forward_s']:.2f}", flush=True)
         if args.comfyui:
             rows[(sname, "core")] = bench_core(args.comfyui, scene, cam, args.repeats, dev, sync)
             print(f"  {sname:8s} core     fwd {rows[(sname, 'core')]['forward_s']:.3f}s", flush=True)
@@ -314,9 +328,11 @@ def main(argv=None):
 
     # ---- table
     lines = [f"device {dev}, {info['threads']} threads, torch {torch.__version__}, median of {args.repeats}",
-             "", "| scene | Gaussians | size | backend | forward s | backward s | bwd/fwd | vs core fwd | "
+             "", "forward: no-grad render; forward (grad): the render that records for backward; bwd/fwd: backward over "
+             "the no-grad forward", "",
+             "| scene | Gaussians | size | backend | forward s | forward (grad) s | backward s | bwd/fwd | vs core fwd | "
              "max abs vs torch | peak MiB fwd / fwd+bwd |" + (" busy fwd × | busy bwd × |" if busy else ""),
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if busy else "")]
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if busy else "")]
     results = {"info": info, "rows": []}
     for sname, (scene, cam) in scenes.items():
         ref = quiet.get((sname, "torch"))
@@ -327,7 +343,7 @@ def main(argv=None):
             speed = core["forward_s"] / r["forward_s"] if core and b != "core" else None
             diff = float((r["image"][..., :3] - ref["image"]).abs().max()) if ref is not None and b != "core" else None
             row = {"scene": sname, "gaussians": len(scene), "size": [cam.width, cam.height], "backend": b,
-                   "forward_s": r["forward_s"], "backward_s": bwd,
+                   "forward_s": r["forward_s"], "forward_with_grad_s": r.get("forward_with_grad_s"), "backward_s": bwd,
                    "backward_over_forward": bwd / r["forward_s"] if bwd else None, "speedup_vs_core_forward": speed,
                    "max_abs_vs_torch": diff, "peak_mem_fwd_MiB": r.get("peak_mem_fwd_MiB"),
                    "peak_mem_fwd_bwd_MiB": r.get("peak_mem_fwd_bwd_MiB")}
@@ -337,7 +353,8 @@ def main(argv=None):
                 row["busy_backward_ratio"] = rb["backward_s"] / bwd if bwd else None
             results["rows"].append(row)
             lines.append(
-                f"| {sname} | {len(scene):,} | {cam.width}x{cam.height} | {b} | {fmt(r['forward_s'])} | {fmt(bwd)} | "
+                f"| {sname} | {len(scene):,} | {cam.width}x{cam.height} | {b} | {fmt(r['forward_s'])} | "
+                f"{fmt(r.get('forward_with_grad_s'))} | {fmt(bwd)} | "
                 f"{fmt(row['backward_over_forward'], '.2f')} | {fmt(speed, '.2f')} | {fmt(diff, '.1e')} | "
                 f"{fmt(row['peak_mem_fwd_MiB'], '.0f')} / {fmt(row['peak_mem_fwd_bwd_MiB'], '.0f')} |"
                 + (f" {fmt(row['busy_forward_ratio'], '.2f')} | {fmt(row.get('busy_backward_ratio'), '.2f')} |"

@@ -30,10 +30,12 @@ Backends (all produce the image above; ``RenderOutput.backend`` says which one r
   truncates a Gaussian's footprint: the tile/pixel range of each Gaussian is the exact extent where ``alpha ≥ 1/255``
   can hold (an opacity-aware ellipse bound, padded), so it equals a brute-force evaluation of every Gaussian at every
   pixel. The reference the others are tested against.
-* ``"numba"``: the same projection in torch, then the per-tile, per-pixel front-to-back loop compiled for the CPU
-  (:mod:`vscene_engine.raster_numba`: float64, parallel over tiles, hand-written backward). Equal to ``"torch"`` to
-  ~1e-12. When no gradient is needed (grad mode off or no input requiring grad) projection, SH, culling, depth sort
-  and binning are compiled too (``raster_numba.render_nograd``, float64 whatever the scene dtype). Its thread policy
+* ``"numba"``: projection, SH, culling, depth sort, binning and the per-tile, per-pixel front-to-back loop compiled
+  for the CPU (:mod:`vscene_engine.raster_numba`: float64 whatever the scene dtype, parallel over tiles), with a
+  hand-written backward of all of it (``raster_numba.render_grad``; without autograd ``render_nograd``). Equal to
+  ``"torch"`` to ~1e-12 (images) / ~1e-8 relative (gradients). With ``antialiased=True``, cameras that require grad,
+  or when the compiled autograd path's guarded first call fails, the projection runs in torch autograd and only the
+  compositing is compiled. Its thread policy
   (non-spinning pool, ``torch.get_num_threads()`` threads) is documented there.
 * ``"torch32"``: the torch rasterizer with no float64 anywhere (MPS has none, consumer NVIDIA cards run it at 1/64
   speed): alpha in float32, transmittance scanned in int64 fixed point. Equal to the reference to float32 rounding
@@ -523,6 +525,12 @@ def render(
             with raster_numba.torch_threads(raster_numba.TORCH_GLUE_THREADS):  # see raster_numba.torch_threads
                 if not _needs_grad(scene, c2ws[i], Ks[i]) and raster_numba.nograd_usable():  # compiled projection too
                     C, D, T = raster_numba.render_nograd(scene, c2ws[i], Ks[i], W, H, tile or raster_numba.TILE, **kw)
+                    rgb, alpha, depth = _finish_numba(C, D, T, bg)
+                elif (not antialiased and not c2ws.requires_grad and not Ks.requires_grad
+                      and raster_numba.grad_usable()):  # projection and its backward compiled too
+                    C, D, T = raster_numba.render_grad(scene, c2ws[i], Ks[i], W, H, tile or raster_numba.TILE,
+                                                       eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+                                                       sh_degree=sh_degree)
                     rgb, alpha, depth = _finish_numba(C, D, T, bg)
                 else:
                     proj = _project_few_threads(scene, c2ws[i], Ks[i], W, H, kw)
