@@ -9,7 +9,7 @@ of the projection (quaternion/scale -> camera-space factor -> EWA 2D covariance 
 incl. its view-direction term, opacity) — in one ``torch.autograd.Function``, so no torch graph is built over the
 Gaussians; equal to the torch backend's autograd to ~1e-8 relative (tests). Without autograd (no input requires
 grad, or grad mode off: the coarse video, previews), :func:`render_nograd` compiles: :func:`_project` (EWA
-projection, SH colour and culling, float64, the math of ``rasterize.project_gaussians``, parallel over blocks of
+projection, SH colour and culling, float64, the math of ``projection.project_gaussians``, parallel over blocks of
 Gaussians), :func:`_depth_order` (a stable radix sort of the depths: exact depth order, ties in scene order),
 :func:`_bin_tiles_par` (parallel binning, per-tile lists in depth order) and the same :func:`_forward` kernel. Its output equals the torch backend to ~1e-12 on float64 scenes;
 on float32 scenes it is closer to the float64 reference than the float32 torch projection (it projects in float64).
@@ -308,7 +308,7 @@ def _sh_color(sh, n, deg, dx, dy, dz, rec):
 def _project(means, scales, quats, opac, sh, deg, cam, width, height, eps2d, antialiased, near, far,
              rec, rect, keep):
     """EWA projection + SH colour + culling of every Gaussian (float64), exactly the math of
-    ``rasterize.project_gaussians``. cam [23]: R_cw (9, row-major), t_cw (3), q_cw (4, wxyz), camera centre (3),
+    ``projection.project_gaussians``. cam [23]: R_cw (9, row-major), t_cw (3), q_cw (4, wxyz), camera centre (3),
     fx, fy, cx, cy. Writes rec [N,10] (mx, my, conic a b c, o, z, r, g, b), rect [N,4] (as _pixel_rects)
     and keep [N] (1: visible and covering at least one pixel centre)."""
     N = means.shape[0]
@@ -512,7 +512,7 @@ def render_nograd(scene, c2w: torch.Tensor, K: torch.Tensor, width: int, height:
                   eps2d: float = 0.3, antialiased: bool = False, near_plane: float = 0.01, far_plane: float = 1e10,
                   sh_degree=None):
     """Forward-only render of one view, everything compiled (no autograd): EWA projection, SH colour and culling
-    (:func:`_project`, parallel over Gaussians, the math of ``rasterize.project_gaussians`` in float64), a parallel
+    (:func:`_project`, parallel over Gaussians, the math of ``projection.project_gaussians`` in float64), a parallel
     stable depth sort, parallel tile binning and the compositing kernel. Returns C [H,W,3], D [H,W], T [H,W] in the
     scene's dtype, as :func:`composite` does for the projected scene. ``scene`` on the CPU (OpenCV c2w [4,4],
     K [3,3] pixels)."""
@@ -976,7 +976,7 @@ def nograd_usable() -> bool:
         st["nograd_ok"] = False
         try:
             from .gaussians import GaussianScene
-            from .rasterize import project_gaussians
+            from .projection import project_gaussians
 
             with torch.inference_mode(False), torch.no_grad():
                 sc = GaussianScene(means=torch.tensor([[0.0, 0.0, 2.0], [0.1, -0.05, 3.0]], dtype=torch.float64),
@@ -1010,7 +1010,7 @@ def grad_usable() -> bool:
         st["grad_ok"] = False
         try:
             from .gaussians import GaussianScene
-            from .rasterize import project_gaussians
+            from .projection import project_gaussians
 
             with torch.inference_mode(False), torch.enable_grad():
                 vals = [torch.tensor([[0.0, 0.0, 2.0], [0.1, -0.05, 3.0]]),
@@ -1043,6 +1043,11 @@ def grad_usable() -> bool:
             warnings.warn(f"numba compiled autograd path unavailable ({st.get('grad_reason')}); projecting in torch "
                           f"autograd.")
     return st["grad_ok"]
+
+
+def unusable_reason() -> str:
+    """Why :func:`usable` said no ("" when it said yes or has not run)."""
+    return _STATE["reason"]
 
 
 def usable() -> bool:
