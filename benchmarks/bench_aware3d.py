@@ -1,4 +1,4 @@
-"""Benchmark of the 3D-aware step (vscene_engine.aware3d): a toy, and the miniature replication models.
+"""Benchmark of the 3D-aware step (vscene_engine.compose.aware3d): a toy, and the miniature replication models.
 
     python benchmarks/bench_aware3d.py                                   # toy only (~1-2 min on 2 CPU cores)
     python benchmarks/bench_aware3d.py --replicate-dir /tmp/rep_full     # + student vs student + refine_3d
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vscene_engine import aware3d as A  # noqa: E402
-from vscene_engine import leap  # noqa: E402
-from vscene_engine.losses import psnr  # noqa: E402
+from vscene_engine.compose import aware3d as A  # noqa: E402
+from vscene_engine.video import leap  # noqa: E402
+from vscene_engine.render.losses import psnr  # noqa: E402
 
 BG = (1.0, 1.0, 1.0)
 
@@ -50,10 +50,10 @@ BG = (1.0, 1.0, 1.0)
 # ============================================================================================ toy
 def toy_data(width=48, height=32, frames=9, seed=3):
     from vscene_engine.pipeline import make_path
-    from vscene_engine.rasterize import render
-    from vscene_engine.replicate import _camera_pair
-    from vscene_engine.synthetic import procedural_scene
-    from vscene_engine.views import ViewPair
+    from vscene_engine.render.rasterize import render
+    from vscene_engine.tools.replicate import _camera_pair
+    from vscene_engine.tools.synthetic import procedural_scene
+    from vscene_engine.views.pair import ViewPair
 
     cams = _camera_pair(seed, width, height)
     path = make_path(ViewPair(torch.zeros(2, height, width, 3), cams, 0.5, 10.0), frames=frames)
@@ -94,10 +94,10 @@ def run_toy(args) -> dict:
 
 def run_sampler_toy(args, path, truth, bad, cfg) -> dict:
     """50-step DDIM with a posterior-mean denoiser that believes in its own (perturbed) views."""
-    from vscene_engine.compose import Batching, WeightSchedule, compose_sample
+    from vscene_engine.compose.diffusion2 import Batching, WeightSchedule, compose_sample
 
-    from vscene_engine.cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG
-    from vscene_engine.schedule import NoiseSchedule
+    from vscene_engine.video.loading import COGVIDEOX_5B_SCHEDULER_CONFIG
+    from vscene_engine.video.schedule import NoiseSchedule
 
     acp = NoiseSchedule.from_config(COGVIDEOX_5B_SCHEDULER_CONFIG).alphas_cumprod.double()
     m = enc(bad).unsqueeze(1)  # [V, 1, C, h, w]
@@ -129,7 +129,7 @@ def run_sampler_toy(args, path, truth, bad, cfg) -> dict:
 def load_replication(d: Path):
     from safetensors.torch import load_file
 
-    from vscene_engine.replicate import ReplicateConfig, tiny_model
+    from vscene_engine.tools.replicate import ReplicateConfig, tiny_model
 
     res = json.loads((d / "results.json").read_text())
     c = dict(res["config"])
@@ -147,8 +147,8 @@ def load_replication(d: Path):
 def path_cameras(cfg, s):
     """The path cameras of held-out sample seed ``s`` at the output size (as make_samples builds them)."""
     from vscene_engine.pipeline import make_path
-    from vscene_engine.replicate import _camera_pair
-    from vscene_engine.views import ViewPair
+    from vscene_engine.tools.replicate import _camera_pair
+    from vscene_engine.views.pair import ViewPair
 
     W, H = cfg.width * cfg.render_scale, cfg.height * cfg.render_scale
     cams = _camera_pair(s, W, H)
@@ -157,7 +157,7 @@ def path_cameras(cfg, s):
 
 
 def run_replication(args) -> dict:
-    from vscene_engine.replicate import make_samples, metrics
+    from vscene_engine.tools.replicate import make_samples, metrics
 
     cfg, res, models = load_replication(Path(args.replicate_dir))
     student, teacher = models["student"], models["teacher"]

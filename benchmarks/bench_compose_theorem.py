@@ -14,7 +14,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import test_compose as T  # noqa: E402  (the test's exact Gaussian denoisers and grid)
 
-from vscene_engine.compose import WeightSchedule  # noqa: E402
+from vscene_engine.compose.diffusion2 import WeightSchedule  # noqa: E402
 
 
 def main() -> int:

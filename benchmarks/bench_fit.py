@@ -36,10 +36,10 @@ WHITE = (1.0, 1.0, 1.0)
 
 def fern_inputs(size: int):
     """(frames [49,H,W,3], path Cameras, views ViewPair, prior scene) for the fern pair at ``size``; None if absent."""
-    from vscene_engine.camera_formats import load_cameras
-    from vscene_engine.imageio import load_image
+    from vscene_engine.io.camera_formats import load_cameras
+    from vscene_engine.io.images import load_image
     from vscene_engine.pipeline import coarse_video, make_path
-    from vscene_engine.views import make_view_pair
+    from vscene_engine.views.pair import make_view_pair
 
     d = DATA / "llff_fern"
     paths = [d / "images_8" / "image000.png", d / "images_8" / "image004.png"]
@@ -93,7 +93,9 @@ def profiling(T):
     """Wrap the engine's stages with timers (both training paths)."""
     from contextlib import ExitStack
 
-    from vscene_engine import optimize, raster_numba, rasterize
+    from vscene_engine.recon import fit as optimize
+    from vscene_engine.render import raster_numba
+    from vscene_engine.render import rasterize
 
     with ExitStack() as st:
         st.enter_context(patched(rasterize, "_project_few_threads", timed(T, "projection fwd")))
@@ -115,7 +117,7 @@ def profiling(T):
 def training_path(name):
     """``compiled``: the default; ``torch-proj``: the projection in torch autograd (the previous rasterizer path);
     ``previous``: that and the fit as it was before (per-tensor Adam, the fit's torch ops on torch's thread count)."""
-    from vscene_engine import raster_numba
+    from vscene_engine.render import raster_numba
 
     if name == "compiled":
         yield
@@ -124,7 +126,7 @@ def training_path(name):
         raise SystemExit(f"unknown path {name!r}")
     from contextlib import ExitStack, nullcontext
 
-    from vscene_engine import optimize
+    from vscene_engine.recon import fit as optimize
 
     st = raster_numba._STATE
     raster_numba.grad_usable()

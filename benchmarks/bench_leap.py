@@ -25,14 +25,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vscene_engine import leap  # noqa: E402
-from vscene_engine.videomodel import DevicePlacer, StreamingPlacer, VideoModel  # noqa: E402
+from vscene_engine.video import leap  # noqa: E402
+from vscene_engine.video.model import DevicePlacer, StreamingPlacer, VideoModel  # noqa: E402
 
 
 def build(size: str, device: str, dtype: torch.dtype) -> VideoModel:
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
-    from vscene_engine.cogvideo_load import (COGVIDEOX_5B_I2V_TRANSFORMER_CONFIG, COGVIDEOX_5B_SCHEDULER_CONFIG,
+    from vscene_engine.video.loading import (COGVIDEOX_5B_I2V_TRANSFORMER_CONFIG, COGVIDEOX_5B_SCHEDULER_CONFIG,
                                              COGVIDEOX_5B_VAE_CONFIG)
     if size == "full":
         tcfg, vcfg = dict(COGVIDEOX_5B_I2V_TRANSFORMER_CONFIG), dict(COGVIDEOX_5B_VAE_CONFIG)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vscene_engine.mvsplat import MVSplatConfig, MVSplatEncoder, load_mvsplat  # noqa: E402
+from vscene_engine.prior.mvsplat import MVSplatConfig, MVSplatEncoder, load_mvsplat  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FERN = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff_fern"
@@ -83,7 +83,7 @@ def time_forward(enc, device, dtype, runs):
 def fern_smoke(enc, device):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from nvs_fern import evaluate, load_fern
-    from vscene_engine.prior import PriorConfig, coarse_prior
+    from vscene_engine.prior.coarse import PriorConfig, coarse_prior
 
     cams, imgs, names = load_fern(FERN, 504)
     ins = [0, len(names) - 1]

@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vscene_engine.noposplat import NoPoSplatConfig, NoPoSplatNet, load_noposplat, noposplat_prior  # noqa: E402
+from vscene_engine.prior.noposplat import NoPoSplatConfig, NoPoSplatNet, load_noposplat, noposplat_prior  # noqa: E402
 
 
 def _sync(dev):
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         else:
             import numpy as np
 
-            from vscene_engine.imageio import load_image
+            from vscene_engine.io.images import load_image
             files = sorted((fern / "images_8").glob("*.png"))
             pb = np.load(fern / "poses_bounds.npy")
             # LLFF: [R | t | hwf] in (down, right, back) axes -> OpenCV (right, down, forward)

@@ -1,4 +1,4 @@
-"""Relative-pose accuracy of ``vscene_engine.pose.estimate_relative_pose`` with the intrinsics given and withheld.
+"""Relative-pose accuracy of ``vscene_engine.views.pose.estimate_relative_pose`` with the intrinsics given and withheld.
 
 Data (skipped cleanly when absent): LLFF fern (``images_8``, 504x378, ``poses_bounds.npy``; 13 pairs 4-19 frames
 apart) and NeRF-synthetic lego (800x800 RGBA composited over white as ``views.prepare_image`` does,
@@ -82,7 +82,7 @@ def lego_pairs(cams, step: int = 8, lo: float = 10.0, hi: float = 40.0):
 
 
 def run_method(method, img_a, img_b, K_a, K_b, W, H):
-    from vscene_engine.pose import estimate_relative_pose, focal_from_fov
+    from vscene_engine.views.pose import estimate_relative_pose, focal_from_fov
 
     if method == "given":
         return estimate_relative_pose(img_a, img_b, K_a, K_b)
@@ -101,7 +101,7 @@ def evaluate(name, pairs, load, cams, methods, W, H):
     """-> rows: one dict per (pair, method)."""
     import numpy as np
 
-    from vscene_engine.pose import DegeneratePairError
+    from vscene_engine.views.pose import DegeneratePairError
 
     rows = []
     for i, j in pairs:
@@ -243,7 +243,7 @@ def selfcal_matches(img_a, img_b):
     ``pose._self_calibrate`` returns it: f, R, t, inl, focals, pp) or (ua, ub, None)."""
     import inspect
 
-    from vscene_engine import pose
+    from vscene_engine.views import pose
 
     d = {k: v.default for k, v in inspect.signature(pose.estimate_relative_pose).parameters.items()}
     cv2 = pose._import_cv2()
@@ -266,7 +266,7 @@ def monte_carlo_focal(X, R, t, f, pp, sigma, W, H, n: int, seed: int = 0):
 
     import numpy as np
 
-    from vscene_engine import pose
+    from vscene_engine.views import pose
 
     d = {k: v.default for k, v in inspect.signature(pose.estimate_relative_pose).parameters.items()}
     poselib, g = pose._import_poselib(), np.random.default_rng(seed)
@@ -288,7 +288,7 @@ def data_optimum_focal(R0, t0, f0, ua, ub, W, H) -> float:
     import numpy as np
     from scipy.optimize import least_squares
 
-    from vscene_engine import pose
+    from vscene_engine.views import pose
 
     t0 = t0 / np.linalg.norm(t0)
     e1 = np.cross(t0, np.eye(3)[int(np.argmin(np.abs(t0)))])
@@ -427,9 +427,9 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from vscene_engine.camera_formats import load_cameras
-    from vscene_engine.imageio import load_image
-    from vscene_engine.views import prepare_image
+    from vscene_engine.io.camera_formats import load_cameras
+    from vscene_engine.io.images import load_image
+    from vscene_engine.views.pair import prepare_image
 
     all_rows, summaries, ran = [], {}, False
     fern = args.data / "llff_fern"

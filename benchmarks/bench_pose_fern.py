@@ -1,4 +1,4 @@
-"""Relative-pose accuracy of ``vscene_engine.pose.estimate_relative_pose`` on LLFF fern (images_8, 504x378).
+"""Relative-pose accuracy of ``vscene_engine.views.pose.estimate_relative_pose`` on LLFF fern (images_8, 504x378).
 
 Ground truth: the LLFF ``poses_bounds.npy`` cameras (COLMAP). For each pair (i, j) the estimate is compared with the
 true relative motion ``w2c_j @ c2w_i``: rotation error = angle of ``R_est R_true^T``; translation-direction error =
@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from vscene_engine.camera_formats import load_cameras
-    from vscene_engine.imageio import load_image
-    from vscene_engine.pose import DegeneratePairError, estimate_relative_pose
+    from vscene_engine.io.camera_formats import load_cameras
+    from vscene_engine.io.images import load_image
+    from vscene_engine.views.pose import DegeneratePairError, estimate_relative_pose
 
     files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     w, h = load_image(files[0]).shape[1], load_image(files[0]).shape[0]

@@ -46,8 +46,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vscene_engine.gaussians import GaussianScene  # noqa: E402
-from vscene_engine.rasterize import available_backends, render  # noqa: E402
+from vscene_engine.core.gaussians import GaussianScene  # noqa: E402
+from vscene_engine.render.rasterize import available_backends, render  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -55,9 +55,9 @@ DATA = ROOT.parent / "shared" / "data"
 # ------------------------------------------------------------------------------------------------ scenes
 def scene_wall(size: int = 256, seed: int = 0):
     """131,072 Gaussians (2 x size^2) and the middle camera of the path; float32."""
-    from vscene_engine.depth_prior import depth_to_gaussians
-    from vscene_engine.synthetic import demo_cameras, procedural_scene
-    from vscene_engine.trajectories import make_trajectory
+    from vscene_engine.prior.depth import depth_to_gaussians
+    from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
+    from vscene_engine.views.trajectories import make_trajectory
 
     truth = procedural_scene(40000, seed=seed)
     views = demo_cameras(size, size)
@@ -74,11 +74,11 @@ def scene_wall(size: int = 256, seed: int = 0):
 
 def scene_fern(size: int):
     """The engine's stereo prior of fern photos 0 and 4 at ``size`` (longer side) and the middle path camera."""
-    from vscene_engine.camera_formats import load_cameras
-    from vscene_engine.imageio import load_image
+    from vscene_engine.io.camera_formats import load_cameras
+    from vscene_engine.io.images import load_image
     from vscene_engine.pipeline import make_path
-    from vscene_engine.prior import coarse_prior
-    from vscene_engine.views import make_view_pair
+    from vscene_engine.prior.coarse import coarse_prior
+    from vscene_engine.views.pair import make_view_pair
 
     d = DATA / "llff_fern"
     paths = [d / "images_8" / "image000.png", d / "images_8" / "image004.png"]
@@ -96,7 +96,7 @@ def scene_lego(iters: int, res: int):
         return None
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fit_lego import load_lego, split_views
-    from vscene_engine.optimize import FitConfig, fit_scene
+    from vscene_engine.recon.fit import FitConfig, fit_scene
 
     train, held = split_views(100, 20, 4)
     cams, imgs = load_lego(DATA / "nerf_synthetic_lego", train, res)
@@ -161,7 +161,7 @@ def measure(fn, repeats, dev):
 
 def bench_backend(scene, cam, backend, repeats, dev, sync):
     if backend == "numba-torchproj":  # the numba backend's previous autograd path (projection in torch autograd)
-        from vscene_engine import raster_numba
+        from vscene_engine.render import raster_numba
 
         raster_numba.grad_usable()  # the probe has run, so its answer can be restored
         old = raster_numba._STATE.get("grad_ok")
@@ -205,7 +205,7 @@ def bench_backend(scene, cam, backend, repeats, dev, sync):
 
 def camera_info_for_core(cam):
     """Our OpenCV camera -> a LOAD3D_CAMERA dict that core RenderSplat projects identically (fx = fy, centred)."""
-    from vscene_engine.gaussians import rotmat_to_quat
+    from vscene_engine.core.gaussians import rotmat_to_quat
 
     c2w = cam.c2w[0].double()
     M = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
@@ -308,7 +308,7 @@ def main(argv=None):
     info = {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "repeats": args.repeats, "backends": backends}
     try:
-        from vscene_engine import raster_numba
+        from vscene_engine.render import raster_numba
 
         info["numba_threading_layer"] = raster_numba.configure_threads() or None
         info["numba_threads"] = raster_numba.num_threads() if raster_numba.numba is not None else None

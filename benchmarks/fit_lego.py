@@ -10,7 +10,7 @@ is absent the script prints a "skipped" line and exits with code 0.
 Protocol: the 100 views are split into ``--heldout`` evenly spaced held-out views and ``--train`` training views
 (evenly spaced among the rest). Images are composited over white at full resolution (NeRF's convention) and
 downsampled with an area (box) filter; intrinsics are scaled with ``Cameras.resized``. The scene is fitted with
-:func:`vscene_engine.optimize.fit_scene` from a random init (``background=(1,1,1)``), then every held-out view is
+:func:`vscene_engine.recon.fit.fit_scene` from a random init (``background=(1,1,1)``), then every held-out view is
 rendered and compared: PSNR and SSIM (3DGS definition: 11x11 Gaussian window, zero "same" padding) per view and
 mean (the mean SSIM with "valid" padding, the scikit-image convention, is reported too). Writes
 ``DIR/report.json`` and ``DIR/heldout_strip.png`` (top row prediction, bottom row ground truth, 4 held-out views).
@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vscene_engine.camera_formats import load_cameras  # noqa: E402
-from vscene_engine.losses import psnr, ssim  # noqa: E402
-from vscene_engine.optimize import DEFAULT_DENSIFY, FitConfig, fit_scene  # noqa: E402
-from vscene_engine.rasterize import render  # noqa: E402
-from vscene_engine.runtime import Progress  # noqa: E402
+from vscene_engine.io.camera_formats import load_cameras  # noqa: E402
+from vscene_engine.render.losses import psnr, ssim  # noqa: E402
+from vscene_engine.recon.fit import DEFAULT_DENSIFY, FitConfig, fit_scene  # noqa: E402
+from vscene_engine.render.rasterize import render  # noqa: E402
+from vscene_engine.core.runtime import Progress  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "nerf_synthetic_lego"
 

@@ -9,7 +9,7 @@ prints a "skipped" line and exits with code 0.
 
 Protocol:
 
-* Cameras: :func:`vscene_engine.camera_formats.load_cameras` on ``poses_bounds.npy`` (names = image stems of
+* Cameras: :func:`vscene_engine.io.camera_formats.load_cameras` on ``poses_bounds.npy`` (names = image stems of
   ``images_8``, intrinsics scaled from the stored full-resolution ``h, w, f`` to the 504x378 images, near/far from the
   file's per-image bounds), then ``Cameras.resized`` to the working size (``--width``, height keeps the aspect).
   Images are area (box) downsampled to the same size.
@@ -17,10 +17,10 @@ Protocol:
 * Variants, every one evaluated by rendering at the 18 held-out cameras (background black) against the photos,
   PSNR and SSIM (3DGS SSIM: 11x11 Gaussian window, zero "same" padding) averaged over the views:
 
-  - ``a``:  the coarse prior (:func:`vscene_engine.prior.coarse_prior`, stereo, default settings: pixels rejected by
+  - ``a``:  the coarse prior (:func:`vscene_engine.prior.coarse.coarse_prior`, stereo, default settings: pixels rejected by
     the stereo checks get a filled-in depth);
   - ``a0``: the same with ``fill_holes=False`` (rejected pixels dropped: novel views have holes);
-  - ``b``:  prior + reconstruction: :func:`vscene_engine.optimize.fit_scene` initialised from the prior scene, on
+  - ``b``:  prior + reconstruction: :func:`vscene_engine.recon.fit.fit_scene` initialised from the prior scene, on
     the 49-frame camera path between the inputs (``make_trajectory("interpolate", inputs, 49)``) rendered from the
     prior, plus the two real photos repeated ``--input-weight`` times;
   - ``b0``: as ``b`` but from the ``fill_holes=False`` prior (its frames and its scene);
@@ -48,14 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vscene_engine.camera_formats import load_cameras  # noqa: E402
-from vscene_engine.cameras import Cameras  # noqa: E402
-from vscene_engine.losses import psnr, ssim  # noqa: E402
-from vscene_engine.optimize import DEFAULT_DENSIFY, FitConfig, fit_scene  # noqa: E402
-from vscene_engine.prior import PriorConfig, coarse_prior, render_trajectory  # noqa: E402
-from vscene_engine.runtime import Progress  # noqa: E402
-from vscene_engine.stereo import StereoConfig  # noqa: E402
-from vscene_engine.trajectories import make_trajectory  # noqa: E402
+from vscene_engine.io.camera_formats import load_cameras  # noqa: E402
+from vscene_engine.core.cameras import Cameras  # noqa: E402
+from vscene_engine.render.losses import psnr, ssim  # noqa: E402
+from vscene_engine.recon.fit import DEFAULT_DENSIFY, FitConfig, fit_scene  # noqa: E402
+from vscene_engine.prior.coarse import PriorConfig, coarse_prior, render_trajectory  # noqa: E402
+from vscene_engine.core.runtime import Progress  # noqa: E402
+from vscene_engine.prior.stereo import StereoConfig  # noqa: E402
+from vscene_engine.views.trajectories import make_trajectory  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff_fern"
 VARIANTS = ("a", "a0", "b", "b0", "c", "d")

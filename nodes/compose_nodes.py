@@ -2,11 +2,11 @@
 
 The guider samples a V x F grid of images (a latent batch of V*F, view-major) with core SamplerCustomAdvanced: at
 every step the video model denoises each view's F frames (rows), the multi-view model each frame's V views (columns),
-and their x0 estimates are combined with the weight s(i) of the chosen schedule (vscene_engine.compose).
+and their x0 estimates are combined with the weight s(i) of the chosen schedule (vscene_engine.compose.diffusion2).
 """
 from __future__ import annotations
 
-from vscene_engine.compose import WeightSchedule
+from vscene_engine.compose.diffusion2 import WeightSchedule
 
 from .guider import make_compose_guider
 
@@ -81,7 +81,7 @@ class ScoreComposeMultiView:
         weights = WeightSchedule(schedule, s0=float(s0), k=float(k), s1=float(s1) if schedule == "linear" else None)
         aware3d = None
         if int(aware3d_every) > 0:
-            from vscene_engine.aware3d import Aware3DConfig
+            from vscene_engine.compose.aware3d import Aware3DConfig
 
             if vae is None or trajectory is None:
                 raise ValueError("aware3d_every > 0 turns on 3D-aware denoising, which needs the vae and the "
@@ -123,7 +123,7 @@ class GridSelect:
         }}
 
     def run(self, images, views, frames, axis, index):
-        from vscene_engine.compose import grid_select
+        from vscene_engine.compose.diffusion2 import grid_select
 
         return (grid_select(images, views, frames, axis, index),)
 
@@ -154,7 +154,7 @@ class OrbitTrajectory:
         }}
 
     def run(self, views, elevation, fov_deg, radius, width, height):
-        from vscene_engine.compose import orbit_cameras
+        from vscene_engine.compose.diffusion2 import orbit_cameras
 
         return (orbit_cameras(views, elevation, fov_deg, radius, width, height),)
 

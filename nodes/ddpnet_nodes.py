@@ -71,8 +71,8 @@ class DDPNetTimestep:
         }
 
     def run(self, weights, mode, seed, frames=None, latent=None, video_model=None):
-        from vscene_engine.ddpnet import choose_timestep, frames_input, latent_input, load_ddpnet, policy_plot
-        from vscene_engine.schedule import REFERENCE_TIMESTEP
+        from vscene_engine.policy.ddpnet import choose_timestep, frames_input, latent_input, load_ddpnet, policy_plot
+        from vscene_engine.video.schedule import REFERENCE_TIMESTEP
 
         if weights == _NONE:
             info = {"timestep": REFERENCE_TIMESTEP,
@@ -89,7 +89,7 @@ class DDPNetTimestep:
                 if video_model is not None:
                     x = x * video_model.scaling_factor
             elif frames is not None and video_model is not None:
-                from vscene_engine.leap import video_latents
+                from vscene_engine.video.leap import video_latents
 
                 x = video_latents(video_model, frames.float().cpu(),
                                   vae_tiling=bool(video_model.report.get("vae_tiling", False)))

@@ -1,4 +1,4 @@
-"""The Diffusion² GUIDER: core's ``CFGGuider`` sampling a V x F grid with ``vscene_engine.compose.ComposedDenoiser``.
+"""The Diffusion² GUIDER: core's ``CFGGuider`` sampling a V x F grid with ``vscene_engine.compose.diffusion2.ComposedDenoiser``.
 
 Entry point: :func:`make_compose_guider` (used by the ScoreComposeMultiView node). The class
 :class:`Guider_ScoreCompose` subclasses what ``host.CFGGuider`` is (core's class inside ComfyUI, a stand-in with the
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from vscene_engine.compose import Batching, ComposedDenoiser, WeightSchedule, step_index
+from vscene_engine.compose.diffusion2 import Batching, ComposedDenoiser, WeightSchedule, step_index
 
 from . import host
 
@@ -177,7 +177,7 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
     """
     if not host.HOST_AVAILABLE:
         raise RuntimeError("the ScoreComposeMultiView guider runs inside ComfyUI (core SamplerCustomAdvanced drives "
-                           "it); outside ComfyUI use vscene_engine.compose.compose_sample")
+                           "it); outside ComfyUI use vscene_engine.compose.diffusion2.compose_sample")
     V, F = int(views), int(frames)
     if V < 1 or F < 1:
         raise ValueError(f"views and frames must be >= 1, got {V} x {F}")
@@ -191,7 +191,7 @@ def make_compose_guider(row_model, col_model, views: int, frames: int, row_conds
 
 def _grid_hook(aware3d: dict, V: int, F: int, guider):
     """The VideoMV 3D-aware x0 hook of a composed V x F grid, decoding / encoding with a core VAE."""
-    from vscene_engine.aware3d import Aware3DConfig, grid_groups, make_3d_aware_hook
+    from vscene_engine.compose.aware3d import Aware3DConfig, grid_groups, make_3d_aware_hook
 
     vae, cams = aware3d.get("vae"), aware3d.get("cameras")
     if vae is None or cams is None:

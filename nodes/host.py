@@ -7,7 +7,7 @@ branch even where ComfyUI is importable.
 
 Public API (shapes in the docstrings):
 
-* progress(total, desc, preview_every) -> Progress: the engine's progress protocol (vscene_engine.runtime) on
+* progress(total, desc, preview_every) -> Progress: the engine's progress protocol (vscene_engine.core.runtime) on
   ComfyUI's ProgressBar + interrupt flag; update(done, total, *, stage, loss, preview) / check_interrupt / close
 * interrupt_checks() -> a protocol object that only checks for Cancel (no bar)
 * check_interrupt(), Interrupted, _interrupt_flag (threading.Event, for tests)
@@ -49,9 +49,9 @@ from typing import Iterator, Sequence
 import torch
 
 try:  # the pack's __init__.py registers the engine under its top-level name (see _gaussian_scene_cls)
-    from vscene_engine import runtime
+    from vscene_engine.core import runtime
 except ImportError:  # pragma: no cover - pack imported as a package without that registration
-    from ..vscene_engine import runtime
+    from ..vscene_engine.core import runtime
 
 log = logging.getLogger("videoscene.host")
 
@@ -136,7 +136,7 @@ def _preview_max_size() -> int | None:
 
 
 class Progress(runtime.Progress):
-    """The host's implementation of the engine's progress protocol (:class:`vscene_engine.runtime.Progress`).
+    """The host's implementation of the engine's progress protocol (:class:`vscene_engine.core.runtime.Progress`).
 
     ``update(done, total, *, stage=None, loss=None, preview=None)`` drives the node's ``comfy.utils.ProgressBar``
     (``total`` may change between stages: the bar follows the current stage); a preview (IMAGE-like [H, W, 3]
@@ -242,7 +242,7 @@ def interrupt_checks() -> runtime.Progress:
 # =============================================================================================== interrupt
 Interrupted = _mm.InterruptProcessingException if HOST_AVAILABLE else runtime.Interrupted
 """The interrupt exception class: ComfyUI's ``InterruptProcessingException`` in the host, else the engine's
-:class:`vscene_engine.runtime.Interrupted`. Catch it as ``host.Interrupted`` (both derive from BaseException)."""
+:class:`vscene_engine.core.runtime.Interrupted`. Catch it as ``host.Interrupted`` (both derive from BaseException)."""
 
 _interrupt_flag = threading.Event()
 """Test hook: when set, the next :func:`check_interrupt` clears it and raises :data:`Interrupted`."""
@@ -402,7 +402,7 @@ class ManagedModule:
 
 
 class ManagedPlacer:
-    """A ``vscene_engine.videomodel.Placer`` whose modules live under the host's memory manager.
+    """A ``vscene_engine.video.model.Placer`` whose modules live under the host's memory manager.
 
     ``modules``: {name: torch.nn.Module}; each becomes a :class:`ManagedModule` (ModelPatcher under ComfyUI).
     ``mode``: "default" - load a module when used and leave it loaded (ComfyUI evicts it when memory is needed);
@@ -426,7 +426,7 @@ class ManagedPlacer:
         if mm is None or mm.module is not module:
             mm = self.managed[name] = ManagedModule(module, size=_module_bytes(module))
         if self.mode == "sequential" and name == "transformer":
-            from vscene_engine.videomodel import StreamingPlacer
+            from vscene_engine.video.model import StreamingPlacer
 
             mm.offload()
             soft_empty_cache()
@@ -907,9 +907,9 @@ def _gaussian_scene_cls():
     # The pack's __init__.py registers the engine under its top-level name "vscene_engine" (tests put the repo
     # root on sys.path), so use that first: one module instance -> one GaussianScene class for every node.
     try:
-        from vscene_engine.gaussians import GaussianScene
+        from vscene_engine.core.gaussians import GaussianScene
     except ImportError:
-        from ..vscene_engine.gaussians import GaussianScene  # pack imported as a package without that registration
+        from ..vscene_engine.core.gaussians import GaussianScene  # pack imported as a package without that registration
     return GaussianScene
 
 

@@ -1,6 +1,6 @@
 """Two-photo pipeline nodes: LoadViewPair -> CoarseSplatPrior -> (LeapFlowStudent, later) -> SplatReconstruct.
 
-Custom types: VSCENE_VIEWS (vscene_engine.views.ViewPair) and VSCENE_TRAJECTORY (vscene_engine.cameras.Cameras of
+Custom types: VSCENE_VIEWS (vscene_engine.views.pair.ViewPair) and VSCENE_TRAJECTORY (vscene_engine.core.cameras.Cameras of
 the video frames). Everything else is a core type: IMAGE, MASK, SPLAT, LOAD3D_CAMERA.
 """
 from __future__ import annotations
@@ -72,8 +72,8 @@ class LoadViewPair:
 
     def load(self, image_a, image_b, cameras_from, cameras, fov_deg, size, resize, camera_a=None, camera_b=None,
              da3_geometry=None):
-        from vscene_engine.camera_formats import from_load3d
-        from vscene_engine.views import make_view_pair, prepare_image
+        from vscene_engine.io.camera_formats import from_load3d
+        from vscene_engine.views.pair import make_view_pair, prepare_image
 
         cams = None
         if cameras_from == "text":
@@ -87,14 +87,14 @@ class LoadViewPair:
             a = prepare_image(image_a, "image A")
             cams = from_load3d([camera_a, camera_b], width=int(a.shape[1]), height=int(a.shape[0]))
         elif cameras_from == "da3":
-            from vscene_engine.da3 import da3_view_pair
+            from vscene_engine.views.da3 import da3_view_pair
 
             if da3_geometry is None:
                 raise ValueError("cameras_from = da3 needs da3_geometry connected: 'Run Depth Anything 3' (mode "
                                  "multiview, DA3-Small/Base from models/geometry_estimation) on a batch of the two "
                                  "photos")
         elif cameras_from == "prior":
-            from vscene_engine.views import placeholder_cameras
+            from vscene_engine.views.pair import placeholder_cameras
 
             a = prepare_image(image_a, "image A")
             cams = placeholder_cameras(int(a.shape[1]), int(a.shape[0]), fov_deg if fov_deg > 0 else 60.0)
@@ -208,11 +208,11 @@ class CoarseSplatPrior:
             mvsplat_weights="none", mvsplat_size=256, mvsplat_fit="crop", near=1.0, far=100.0, depth=None,
             confidence=None, depth_encoding="depth", min_confidence=0.1, noposplat_weights="none",
             noposplat_intrinsics="cameras", noposplat_refine_steps=0):
-        from vscene_engine.camera_formats import from_load3d
-        from vscene_engine.cameras import Cameras
+        from vscene_engine.io.camera_formats import from_load3d
+        from vscene_engine.core.cameras import Cameras
         from vscene_engine.pipeline import coarse_video, make_path
-        from vscene_engine.prior import PriorConfig
-        from vscene_engine.stereo import StereoConfig
+        from vscene_engine.prior.coarse import PriorConfig
+        from vscene_engine.prior.stereo import StereoConfig
 
         bg = _parse_color(background)
         prior = None
@@ -257,7 +257,7 @@ class CoarseSplatPrior:
 
 def _noposplat_views(views, weights, intrinsics, refine_steps):
     """Run method noposplat on ``views`` -> (PriorResult, the views with NoPoSplat's cameras)."""
-    from vscene_engine.prior import PriorConfig, coarse_prior
+    from vscene_engine.prior.coarse import PriorConfig, coarse_prior
 
     if weights in (None, "", "none"):
         raise ValueError("method noposplat needs noposplat_weights: put a NoPoSplat release checkpoint (re10k.ckpt, "
@@ -289,7 +289,7 @@ def _noposplat_views(views, weights, intrinsics, refine_steps):
 def _depth_prior(views, cfg, depth, confidence, encoding, min_confidence) -> tuple:
     """(PriorConfig, coarse_video inputs) of method depth: the depth input (scale fitted) or else the views' own
     (DA3) depth."""
-    from vscene_engine.depth_prior import depth_from_image, maps_to_views
+    from vscene_engine.prior.depth import depth_from_image, maps_to_views
 
     cfg, kw = dataclasses.replace(cfg, min_confidence=float(min_confidence)), {}
     if depth is not None:
@@ -344,14 +344,14 @@ def _managed_network(folder: str, path: str, load):
 
 def _mvsplat_model(path: str):
     """The MVSplat encoder of a weights file under the host's memory manager."""
-    from vscene_engine.mvsplat import load_mvsplat
+    from vscene_engine.prior.mvsplat import load_mvsplat
 
     return _managed_network("mvsplat", path, load_mvsplat)
 
 
 def _noposplat_model(path: str):
     """The NoPoSplat network of a weights file under the host's memory manager."""
-    from vscene_engine.noposplat import load_noposplat
+    from vscene_engine.prior.noposplat import load_noposplat
 
     return _managed_network("noposplat", path, load_noposplat)
 

@@ -38,14 +38,14 @@ def camera_info(cameras, scene=None, index: int = 0) -> dict:
     """Core ``LOAD3D_CAMERA`` dict (Preview Splat's ``camera_info``) of camera ``index`` of ``cameras`` (engine
     Cameras, OpenCV c2w + K in pixels), so the viewer opens where that photo was taken.
 
-    three.js convention (vscene_engine.camera_formats.to_load3d): world +Y up, camera looks down -Z; our world maps
+    three.js convention (vscene_engine.io.camera_formats.to_load3d): world +Y up, camera looks down -Z; our world maps
     to it by (x, y, z) -> (x, -y, -z), as Preview Splat shows a 3DGS PLY. The viewer keeps its own fov (75 degrees,
     :data:`PREVIEW_VIEWER_FOV`) and applies position / target / zoom, so the photo's vertical fov goes into ``zoom``
     (core RenderSplat reads fov and zoom together and gets the same focal length); its OrbitControls look at
     ``target``, put on the optical axis at the median depth of ``scene``'s Gaussian centres in front of the camera
     (the orbit pivot is then the middle of the scene; 1 unit when no scene is given or nothing is in front).
     """
-    from vscene_engine.camera_formats import to_load3d
+    from vscene_engine.io.camera_formats import to_load3d
 
     cam = cameras[[int(index)]]
     c2w = cam.c2w[0].detach().double().cpu()
@@ -65,7 +65,7 @@ def camera_info(cameras, scene=None, index: int = 0) -> dict:
 def parse_cameras(text: str, load3d_camera=None, width: int = 512, height: int = 512):
     """Cameras from a LOAD3D_CAMERA dict (wins when connected) or from text: a JSON document in any format the engine
     reads (vscene, NeRF transforms.json, LOAD3D list, ...), RealEstate10K rows, or a path to a camera file/folder."""
-    from vscene_engine.camera_formats import detect_format, from_load3d, load_cameras
+    from vscene_engine.io.camera_formats import detect_format, from_load3d, load_cameras
 
     if load3d_camera is not None:
         info = load3d_camera if isinstance(load3d_camera, (list, tuple)) else [load3d_camera]
@@ -130,7 +130,7 @@ class VSceneRenderSplat:
         }
 
     def render(self, splat, cameras, width, height, max_size, background, backend, load3d_camera=None):
-        from vscene_engine.rasterize import render
+        from vscene_engine.render.rasterize import render
 
         bg = _parse_color(background)
         cams = parse_cameras(cameras, load3d_camera, width, height)

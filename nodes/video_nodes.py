@@ -1,6 +1,6 @@
 """Video-model nodes: LoadVideoSceneModel -> LeapFlowStudent (VideoScene's one-step student) / VideoSceneTeacher.
 
-Custom type: VSCENE_VIDEO_MODEL (vscene_engine.videomodel.VideoModel, its modules under ComfyUI's model manager).
+Custom type: VSCENE_VIDEO_MODEL (vscene_engine.video.model.VideoModel, its modules under ComfyUI's model manager).
 Outputs are core types: IMAGE [F,H,W,3] 0..1 and LATENT {"samples": [1,C,T,h,w]} (VAE space, unscaled).
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LoadVideoSceneModel:
 
     def load(self, base_model, weights, prompt_embeds, precision, memory_mode, vae_tiling, prompt="",
              negative_prompt_embeds=_NONE):
-        from vscene_engine.cogvideo_load import load_video_model
+        from vscene_engine.video.loading import load_video_model
 
         if base_model == _MISSING_BASE:
             raise ValueError("no CogVideoX model folder found. Put a diffusers image-to-video folder (transformer/, "
@@ -160,7 +160,7 @@ class LeapFlowStudent:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from vscene_engine.schedule import REFERENCE_TIMESTEP
+        from vscene_engine.video.schedule import REFERENCE_TIMESTEP
 
         return {
             "required": {
@@ -200,7 +200,7 @@ class LeapFlowStudent:
 
     def run(self, video_model, frames, timestep, seed, steps, aspect, views=None, first_image=None,
             last_image=None, refine_3d=False, refine_t=100, trajectory=None, prior_splat=None):
-        from vscene_engine.leap import leap_sample
+        from vscene_engine.video.leap import leap_sample
 
         a, b = _views_images(views, first_image, last_image)
         video = frames.float().cpu()
@@ -221,8 +221,8 @@ class LeapFlowStudent:
 
     @staticmethod
     def _refine(video_model, res, a, b, video, aspect, seed, refine_t, trajectory, prior_splat):
-        from vscene_engine.aware3d import refine_3d
-        from vscene_engine.leap import aspect_plan
+        from vscene_engine.compose.aware3d import refine_3d
+        from vscene_engine.video.leap import aspect_plan
 
         if trajectory is None:
             raise ValueError("refine_3d needs the trajectory (cameras of the frames): connect Coarse Splat Prior's "
@@ -260,7 +260,7 @@ class VideoSceneTeacher:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from vscene_engine.schedule import REFERENCE_TIMESTEP
+        from vscene_engine.video.schedule import REFERENCE_TIMESTEP
 
         return {
             "required": {
@@ -287,7 +287,7 @@ class VideoSceneTeacher:
 
     def run(self, video_model, frames, steps, guidance, init, start_timestep, seed, aspect, views=None,
             first_image=None, last_image=None):
-        from vscene_engine.leap import teacher_sample
+        from vscene_engine.video.leap import teacher_sample
 
         a, b = _views_images(views, first_image, last_image)
         video = frames.float().cpu()

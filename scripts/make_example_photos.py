@@ -1,7 +1,7 @@
 """Write the two example photos the two-photo templates open with (workflows/input/videoscene_view_{a,b}.png).
 
-The engine's procedural tabletop (vscene_engine.synthetic.procedural_scene, seed 0) rendered over white from
-vscene_engine.synthetic.demo_cameras at 512x384, horizontal FOV 55 degrees (the templates' fov_deg): the two
+The engine's procedural tabletop (vscene_engine.tools.synthetic.procedural_scene, seed 0) rendered over white from
+vscene_engine.tools.synthetic.demo_cameras at 512x384, horizontal FOV 55 degrees (the templates' fov_deg): the two
 cameras are ~0.7 scene units apart, ~3 units from the objects, and both turn towards them (~13 degrees of relative
 rotation). Deterministic; the pack copies them into ComfyUI's input folder when no file of that name exists there
 (nodes/host.py install_example_inputs).
@@ -24,8 +24,8 @@ def render_pair():
     """The two photos as uint8 arrays [H, W, 3]."""
     import torch
 
-    from vscene_engine.rasterize import render
-    from vscene_engine.synthetic import demo_cameras, procedural_scene
+    from vscene_engine.render.rasterize import render
+    from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
 
     with torch.no_grad():
         rgb = render(procedural_scene(seed=0), demo_cameras(WIDTH, HEIGHT, FOV_DEG), background=(1.0, 1.0, 1.0)).rgb
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from PIL import Image
 
-    from vscene_engine.atomic import atomic_write_bytes
+    from vscene_engine.core.atomic import atomic_write_bytes
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""A recording stub of the engine's progress protocol (vscene_engine.runtime.Progress) for tests."""
-from vscene_engine.runtime import Interrupted, Progress
+"""A recording stub of the engine's progress protocol (vscene_engine.core.runtime.Progress) for tests."""
+from vscene_engine.core.runtime import Interrupted, Progress
 
 
 class Recorder(Progress):

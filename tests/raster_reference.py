@@ -1,6 +1,6 @@
 """Independent brute-force Gaussian-splat renderer used only by the tests.
 
-Written separately from vscene_engine.rasterize: no tiles, no footprint bounds, no log-space scans. Every Gaussian is
+Written separately from vscene_engine.render.rasterize: no tiles, no footprint bounds, no log-space scans. Every Gaussian is
 evaluated at every pixel. Two variants:
 
 * ``render_loop``: literal per-pixel Python loop in float64 following the 3DGS/gsplat kernel step by step
@@ -9,14 +9,14 @@ evaluated at every pixel. Two variants:
 
 Shared rules (the definition of the image): OpenCV c2w cameras, pixel centres at +0.5, EWA Jacobian with x/y clamped to
 1.3x the field of view, dilation eps2d, alpha = min(0.999, o exp(-sigma)), skip alpha < 1/255, stop before T <= 1e-4,
-colour max(SH + 0.5, 0) with SH evaluated by vscene_engine.sh.eval_sh (that function is tested on its own against the
+colour max(SH + 0.5, 0) with SH evaluated by vscene_engine.core.sh.eval_sh (that function is tested on its own against the
 orthonormality of the basis).
 """
 from __future__ import annotations
 
 import torch
 
-from vscene_engine.sh import eval_sh
+from vscene_engine.core.sh import eval_sh
 
 
 def _hamilton(p, q):

@@ -1,4 +1,4 @@
-"""Tests of vscene_engine.aware3d (3D-aware x0 hook, consistency measure, student refine) and its wiring into
+"""Tests of vscene_engine.compose.aware3d (3D-aware x0 hook, consistency measure, student refine) and its wiring into
 leap.teacher_sample and compose.compose_sample.
 
 Toy: a small engine-rendered scene seen along a VideoScene camera path; a "denoiser" returns the true views with
@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vscene_engine import aware3d as A
-from vscene_engine import leap
-from vscene_engine.compose import GridConditioning, WeightSchedule, compose_sample
-from vscene_engine.losses import psnr
+from vscene_engine.compose import aware3d as A
+from vscene_engine.video import leap
+from vscene_engine.compose.diffusion2 import GridConditioning, WeightSchedule, compose_sample
+from vscene_engine.render.losses import psnr
 
 W, H, NF = 32, 24, 7
 BG = (1.0, 1.0, 1.0)
@@ -24,8 +24,8 @@ BG = (1.0, 1.0, 1.0)
 
 def _path(w=W, h=H, frames=NF, seed=3):
     from vscene_engine.pipeline import make_path
-    from vscene_engine.replicate import _camera_pair
-    from vscene_engine.views import ViewPair
+    from vscene_engine.tools.replicate import _camera_pair
+    from vscene_engine.views.pair import ViewPair
 
     cams = _camera_pair(seed, w, h)
     return make_path(ViewPair(torch.zeros(2, h, w, 3), cams, 0.5, 10.0), frames=frames)
@@ -41,8 +41,8 @@ def decode(z):
 
 @pytest.fixture(scope="module")
 def toy():
-    from vscene_engine.rasterize import render
-    from vscene_engine.synthetic import procedural_scene
+    from vscene_engine.render.rasterize import render
+    from vscene_engine.tools.synthetic import procedural_scene
 
     torch.set_num_threads(1)
     path = _path()
@@ -156,7 +156,7 @@ def test_grid_groups():
 def tiny():
     from test_leap import SCHED_5B, _tiny_modules
 
-    from vscene_engine.videomodel import VideoModel
+    from vscene_engine.video.model import VideoModel
 
     tr, vae = _tiny_modules()
     emb = torch.randn(1, 12, 24, generator=torch.Generator().manual_seed(5))
@@ -261,7 +261,7 @@ def test_compose_hook_layout_and_known_clamp():
 
 # ------------------------------------------------------------------------------------------------ student refine
 def test_refine_3d_is_fit_render_then_one_student_step():
-    from vscene_engine.replicate import ReplicateConfig, tiny_model
+    from vscene_engine.tools.replicate import ReplicateConfig, tiny_model
 
     rc = ReplicateConfig(width=32, height=24, frames=NF, layers=1, heads=2)
     model = tiny_model(rc, seed=0)

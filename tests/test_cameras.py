@@ -1,4 +1,4 @@
-"""Tests for vscene_engine.cameras, camera_formats and trajectories (fast: a few seconds on CPU)."""
+"""Tests for vscene_engine.core.cameras, camera_formats and trajectories (fast: a few seconds on CPU)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from vscene_engine.cameras import Cameras, CropBox, look_at, quat_to_rotmat, rotmat_to_quat
-from vscene_engine import camera_formats as cf
-from vscene_engine.camera_formats import load_cameras, save_cameras
-from vscene_engine.trajectories import (
+from vscene_engine.core.cameras import Cameras, CropBox, look_at, quat_to_rotmat, rotmat_to_quat
+from vscene_engine.io import camera_formats as cf
+from vscene_engine.io.camera_formats import load_cameras, save_cameras
+from vscene_engine.views.trajectories import (
     ease,
     focus_point,
     interpolate_pivot,

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from vscene_engine.camera_formats import save_cameras, to_nerf
-from vscene_engine.cli import main
-from vscene_engine.imageio import load_image
-from vscene_engine.ply import write_ply
-from vscene_engine.rasterize import render
-from vscene_engine.synthetic import demo_cameras, procedural_scene
+from vscene_engine.io.camera_formats import save_cameras, to_nerf
+from vscene_engine.tools.cli import main
+from vscene_engine.io.images import load_image
+from vscene_engine.io.ply import write_ply
+from vscene_engine.render.rasterize import render
+from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 

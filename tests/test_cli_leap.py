@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from vscene_engine.cli import main
-from vscene_engine.imageio import load_image, save_image
-from vscene_engine.leap import leap_sample
-from vscene_engine.cogvideo_load import load_video_model
-from vscene_engine.video import read_frames, write_video
+from vscene_engine.tools.cli import main
+from vscene_engine.io.images import load_image, save_image
+from vscene_engine.video.leap import leap_sample
+from vscene_engine.video.loading import load_video_model
+from vscene_engine.io.video_files import read_frames, write_video
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_leap_cli_bad_input_writes_nothing(setup, capsys, bad, needle):
 
 
 def test_train_ddpnet_cli_and_distill_delegation(setup, capsys):
-    from vscene_engine.ddpnet import load_ddpnet, save_training_sample
+    from vscene_engine.policy.ddpnet import load_ddpnet, save_training_sample
 
     d = setup
     g = torch.Generator().manual_seed(3)

@@ -13,13 +13,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vscene_engine.cogvideo_load import (
+from vscene_engine.video.loading import (
     COGVIDEOX_5B_I2V_TRANSFORMER_CONFIG, COGVIDEOX_5B_VAE_CONFIG, apply_weights, build_on_meta, inspect_base_folder,
     load_component, load_prompt_embeds, load_video_model, manifest_of_files, plan_state_dict, real_layout_check,
     resolve_dtype,
 )
-from vscene_engine.tiny_cogvideo import main as tiny_main
-from vscene_engine.tiny_cogvideo import write_tiny_model
+from vscene_engine.tools.tiny_model import main as tiny_main
+from vscene_engine.tools.tiny_model import write_tiny_model
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel  # noqa: E402
@@ -222,7 +222,7 @@ def test_needs_prompt_source(tiny):
 
 
 def test_text_encoder_path(tiny, tmp_path, monkeypatch):
-    import vscene_engine.cogvideo_load as cl
+    import vscene_engine.video.loading as cl
 
     base = _copy_base(tiny, tmp_path / "m")
     (base / "text_encoder").mkdir()

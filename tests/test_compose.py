@@ -1,15 +1,15 @@
-"""Tests of vscene_engine.compose (Diffusion² score composition of a video model and a multi-view model)."""
+"""Tests of vscene_engine.compose.diffusion2 (Diffusion² score composition of a video model and a multi-view model)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vscene_engine.cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG
-from vscene_engine.compose import (Batching, GridConditioning, WeightSchedule, compose_sample, compose_x0,
+from vscene_engine.video.loading import COGVIDEOX_5B_SCHEDULER_CONFIG
+from vscene_engine.compose.diffusion2 import (Batching, GridConditioning, WeightSchedule, compose_sample, compose_x0,
                                    composition_weights, orbit_view_weights, schedule_values, sigmas_karras,
                                    step_index)
-from vscene_engine.schedule import alphas_cumprod
-from vscene_engine.runtime import Interrupted
+from vscene_engine.video.schedule import alphas_cumprod
+from vscene_engine.core.runtime import Interrupted
 from progress_util import Recorder  # noqa: E402
 
 # ============================================================================ analytic Gaussian grid (Theorem 3.1)
@@ -394,7 +394,7 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
 def test_orbit_cameras_and_grid_select():
     import math
 
-    from vscene_engine.compose import grid_select, orbit_cameras
+    from vscene_engine.compose.diffusion2 import grid_select, orbit_cameras
 
     cams = orbit_cameras(5, elevation_deg=10.0, radius=2.0, width=64, height=48)
     assert len(cams) == 5 and cams.width == 64
@@ -414,7 +414,7 @@ def test_orbit_cameras_and_grid_select():
 def test_denoiser_and_samplers_used_directly():
     """The k-diffusion pieces on their own give compose_sample's grid; the hook runs once per step (Heun: on the
     step's first estimate, not on the correction) and again after reset()."""
-    from vscene_engine.compose import ComposedDenoiser, KarrasSigmas, sample_heun
+    from vscene_engine.compose.diffusion2 import ComposedDenoiser, KarrasSigmas, sample_heun
 
     w = WeightSchedule("logistic", s0=0.4, view_weights=[1.0, 0.7, 0.9])
     seen = []

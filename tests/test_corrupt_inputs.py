@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from vscene_engine import camera_formats as cf
-from vscene_engine.imageio import load_image, save_image
-from vscene_engine.ply import read_ply, write_ply
-from vscene_engine.synthetic import demo_cameras, procedural_scene
-from vscene_engine.video import read_frames, write_video
+from vscene_engine.io import camera_formats as cf
+from vscene_engine.io.images import load_image, save_image
+from vscene_engine.io.ply import read_ply, write_ply
+from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
+from vscene_engine.io.video_files import read_frames, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,7 +246,7 @@ def test_cli_prior_with_truncated_photo_prints_one_error_line(tmp_path):
 
 @pytest.mark.parametrize("kind", ["json", "npy", "colmap"])
 def test_cli_prior_with_corrupt_cameras_prints_one_error_line(tmp_path, capsys, kind):
-    from vscene_engine.cli import main
+    from vscene_engine.tools.cli import main
 
     save_image(_image(24, 32, 0), tmp_path / "r_0.png")
     save_image(_image(24, 32, 1), tmp_path / "r_1.png")
@@ -273,7 +273,7 @@ def test_cli_prior_with_corrupt_cameras_prints_one_error_line(tmp_path, capsys, 
 
 
 def test_cli_unreadable_file_is_one_error_line(tmp_path, capsys):
-    from vscene_engine.cli import main
+    from vscene_engine.tools.cli import main
 
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         folder = tmp_path / "a_folder.png"  # root reads anything: use a folder where a file is expected instead

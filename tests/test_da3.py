@@ -1,4 +1,4 @@
-"""Core Depth Anything 3 geometry -> cameras and the depth prior (vscene_engine.da3, vscene_engine.depth_prior).
+"""Core Depth Anything 3 geometry -> cameras and the depth prior (vscene_engine.views.da3, vscene_engine.prior.depth).
 
 The DA3_GEOMETRY dicts are built from our own renders in DA3's exact layout (ComfyUI core DA3Inference, multiview):
 the procedural tabletop rendered at 160x120 from its two demo cameras; the world is moved into an arbitrary DA3
@@ -11,17 +11,17 @@ import math
 import pytest
 import torch
 
-from vscene_engine.cameras import Cameras
-from vscene_engine.da3 import (cameras_from_da3, da3_process_size, da3_target_size, da3_view_pair,
+from vscene_engine.core.cameras import Cameras
+from vscene_engine.views.da3 import (cameras_from_da3, da3_process_size, da3_target_size, da3_view_pair,
                                normalize_confidence)
-from vscene_engine.depth_prior import depth_from_image, depth_prior, fit_depth_scale, maps_to_views
-from vscene_engine.losses import psnr
-from vscene_engine.prior import PriorConfig, coarse_prior
-from vscene_engine.rasterize import render
-from vscene_engine.depth_prior import depth_to_gaussians
-from vscene_engine.synthetic import demo_cameras, procedural_scene
-from vscene_engine.trajectories import make_trajectory
-from vscene_engine.gaussians import GaussianScene
+from vscene_engine.prior.depth import depth_from_image, depth_prior, fit_depth_scale, maps_to_views
+from vscene_engine.render.losses import psnr
+from vscene_engine.prior.coarse import PriorConfig, coarse_prior
+from vscene_engine.render.rasterize import render
+from vscene_engine.prior.depth import depth_to_gaussians
+from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
+from vscene_engine.views.trajectories import make_trajectory
+from vscene_engine.core.gaussians import GaussianScene
 
 W, H = 160, 120
 WHITE = (1.0, 1.0, 1.0)
@@ -286,7 +286,7 @@ def test_implausible_fov_is_flagged(truth):
 
 def test_depth_maps_at_photo_size_follow_the_resize(truth):
     """maps_to_views: a depth map at the photo's own size is resized like the photo (working size smaller)."""
-    from vscene_engine.views import make_view_pair
+    from vscene_engine.views.pair import make_view_pair
 
     cams = truth["cams"][[0, 1]]
     wide = Cameras(cams.c2w, cams.K.clone(), W + 40, H, 0.5, 10.0)
@@ -307,7 +307,7 @@ def test_depth_maps_at_photo_size_follow_the_resize(truth):
 def test_edge_snapping_removes_flying_pixels(truth):
     """Depth predicted at 1/4 resolution and bilinearly upsampled (as core resizes DA3's depth) has pixels between
     foreground and background at every outline; snapping them to the nearer side improves the novel views."""
-    from vscene_engine.depth_prior import snap_depth_edges
+    from vscene_engine.prior.depth import snap_depth_edges
 
     cams = truth["cams"][[0, 1]]
     lo = render(truth["scene"], cams.resized(W // 4, H // 4), WHITE)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vscene_engine import ddpnet as D
-from vscene_engine.ddpnet import (DDPNet, DDPNetConfig, choose_timestep, load_ddpnet, make_leap_reward, policy_plot,
+from vscene_engine.policy import ddpnet as D
+from vscene_engine.policy.ddpnet import (DDPNet, DDPNetConfig, choose_timestep, load_ddpnet, make_leap_reward, policy_plot,
                                   save_ddpnet, save_training_sample, train_ddpnet, train_from_folder)
 
 CFG = dict(in_channels=4, n_bins=10, input_size=(2, 8, 8), width=8)
@@ -253,7 +253,7 @@ from tiny_cogvideo_fixtures import tiny_modules as _tiny_modules  # noqa: E402
 
 
 def _tiny_model():
-    from vscene_engine.videomodel import VideoModel
+    from vscene_engine.video.model import VideoModel
     tr, vae = _tiny_modules()
     emb = torch.randn(1, 12, 24, generator=torch.Generator().manual_seed(5))
     return VideoModel(transformer=tr, vae=vae, scheduler_config=dict(SCHED_5B), prompt_embeds=emb, name="tiny")

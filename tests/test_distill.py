@@ -1,4 +1,4 @@
-"""Leap-flow distillation (vscene_engine.distill) on a tiny random CogVideoX I2V model built from diffusers classes.
+"""Leap-flow distillation (vscene_engine.train.distill) on a tiny random CogVideoX I2V model built from diffusers classes.
 
 The by-hand reference (``_reference_step``) re-derives VideoScene Algorithm 1 for one step with ``leap``'s helpers and
 plain formulas (add_noise, teacher x0, DDIM, LCM boundary condition, pseudo-Huber, AdamW, EMA); only the randomness
@@ -16,10 +16,11 @@ import torch
 from tiny_cogvideo_fixtures import FRAMES, H, SCHED_5B, W
 from tiny_cogvideo_fixtures import tiny_modules as _tiny_modules
 
-from vscene_engine import distill as D
-from vscene_engine import leap, schedule
-from vscene_engine.cogvideo_load import apply_weights
-from vscene_engine.videomodel import VideoModel
+from vscene_engine.train import distill as D
+from vscene_engine.video import leap
+from vscene_engine.video import schedule
+from vscene_engine.video.loading import apply_weights
+from vscene_engine.video.model import VideoModel
 from progress_util import Recorder  # noqa: E402
 
 
@@ -339,9 +340,9 @@ def test_export_loads_with_apply_weights(model, tmp_path):
 
 
 def test_command_line_on_a_tiny_model_folder(tmp_path):
-    """python -m vscene_engine.distill on the real folder format: train, checkpoint, export, reload."""
-    from vscene_engine.cogvideo_load import load_video_model
-    from vscene_engine.tiny_cogvideo import write_tiny_model
+    """python -m vscene_engine.train.distill on the real folder format: train, checkpoint, export, reload."""
+    from vscene_engine.video.loading import load_video_model
+    from vscene_engine.tools.tiny_model import write_tiny_model
 
     paths = write_tiny_model(tmp_path / "m", layers=1)
     g = torch.Generator().manual_seed(1)

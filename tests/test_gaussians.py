@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from vscene_engine.gaussians import GaussianScene, quat_multiply, quat_to_rotmat, rotmat_to_quat
-from vscene_engine.sh import eval_sh
+from vscene_engine.core.gaussians import GaussianScene, quat_multiply, quat_to_rotmat, rotmat_to_quat
+from vscene_engine.core.sh import eval_sh
 
 
 def _rot(gen, dtype=torch.float64):

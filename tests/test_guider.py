@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from test_host_fallback import PACK, _load_host
-from vscene_engine.compose import (Batching, KarrasSigmas, WeightSchedule, compose_sample, sample_euler,
+from vscene_engine.compose.diffusion2 import (Batching, KarrasSigmas, WeightSchedule, compose_sample, sample_euler,
                                    sample_heun, sigmas_karras)
 
 host = _load_host()

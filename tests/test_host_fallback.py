@@ -39,7 +39,7 @@ def _load_host():
 
 
 host = _load_host()
-from vscene_engine import runtime  # noqa: E402  (after the pack registered the engine)
+from vscene_engine.core import runtime  # noqa: E402  (after the pack registered the engine)
 
 pytestmark = pytest.mark.skipif(host.HOST_AVAILABLE, reason="nodes.host was imported with ComfyUI present")
 
@@ -152,8 +152,8 @@ def stub_host(monkeypatch):
 
 
 def _tiny_fit_inputs():
-    from vscene_engine.synthetic import demo_cameras, procedural_scene
-    from vscene_engine.rasterize import render
+    from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
+    from vscene_engine.render.rasterize import render
 
     cams = demo_cameras(24, 16)
     with torch.no_grad():
@@ -162,7 +162,7 @@ def _tiny_fit_inputs():
 
 
 def test_stub_host_bar_gets_progress_and_previews_from_the_engine(stub_host):
-    from vscene_engine.optimize import FitConfig, fit_scene
+    from vscene_engine.recon.fit import FitConfig, fit_scene
 
     imgs, cams = _tiny_fit_inputs()
     with host.progress(6, "fit", preview_every=3) as bar:
@@ -178,7 +178,7 @@ def test_stub_host_bar_gets_progress_and_previews_from_the_engine(stub_host):
 
 
 def test_stub_host_cancel_stops_a_long_engine_loop(stub_host):
-    from vscene_engine.optimize import FitConfig, fit_scene
+    from vscene_engine.recon.fit import FitConfig, fit_scene
 
     imgs, cams = _tiny_fit_inputs()
     stub_host.after = 5
@@ -309,7 +309,7 @@ def test_atomic_write_and_error_leaves_nothing(tmp_path):
 
 # -------------------------------------------------------------------------------------------------- SPLAT
 def test_splat_round_trip():
-    gs = pytest.importorskip("vscene_engine.gaussians")
+    gs = pytest.importorskip("vscene_engine.core.gaussians")
     g = torch.Generator().manual_seed(0)
     a = gs.GaussianScene.random(5, sh_degree=1, generator=g)
     b = gs.GaussianScene.random(3, sh_degree=0, generator=g)
@@ -339,7 +339,7 @@ def test_splat_round_trip():
 
 
 def test_splat_to_scenes_accepts_core_like_objects():
-    pytest.importorskip("vscene_engine.gaussians")
+    pytest.importorskip("vscene_engine.core.gaussians")
     # what core File3DToSplat produces: batch 1, counts None, K=1
     splat = host.LocalSPLAT(torch.zeros(1, 2, 3), torch.ones(1, 2, 3) * 0.1,
                             torch.tensor([[[1.0, 0, 0, 0]] * 2]), torch.full((1, 2, 1), 0.5), torch.zeros(1, 2, 1, 3))
@@ -442,7 +442,7 @@ def test_describe():
 
 
 def test_scene_to_splat_caps_sh_degree_for_core_viewers():
-    from vscene_engine.gaussians import GaussianScene
+    from vscene_engine.core.gaussians import GaussianScene
 
     host = _load_host()
     s4 = GaussianScene.random(10, sh_degree=4, generator=torch.Generator().manual_seed(0))

@@ -15,8 +15,9 @@ from diffusers import CogVideoXDDIMScheduler
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.video_processor import VideoProcessor
 
-from vscene_engine import leap, schedule
-from vscene_engine.videomodel import VideoModel
+from vscene_engine.video import leap
+from vscene_engine.video import schedule
+from vscene_engine.video.model import VideoModel
 
 from tiny_cogvideo_fixtures import FRAMES, H, SCHED_5B, W  # noqa: E402
 from tiny_cogvideo_fixtures import tiny_modules as _tiny_modules  # noqa: E402
@@ -309,7 +310,7 @@ def test_progress_and_interrupt(tiny, inputs):
 def test_streaming_placer_same_result_and_swaps_blocks(tiny, inputs):
     import dataclasses
 
-    from vscene_engine.videomodel import DevicePlacer, StreamingPlacer
+    from vscene_engine.video.model import DevicePlacer, StreamingPlacer
 
     first, last, video = inputs
     ref = leap.leap_sample(tiny, first, last, video, seed=4, steps=2)

@@ -1,4 +1,4 @@
-"""Tests of vscene_engine.mvsplat: parity with the official MVSplat encoder (fixtures produced by running
+"""Tests of vscene_engine.prior.mvsplat: parity with the official MVSplat encoder (fixtures produced by running
 donydchen/mvsplat's EncoderCostVolume with deterministic weights, see tests/fixtures/mvsplat/README.md), the
 state-dict layout, e3nn-compatible Wigner-D matrices, loading, GaussianScene conversion and input validation."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vscene_engine.mvsplat import MVSplatConfig, MVSplatEncoder, load_mvsplat, to_gaussian_scene
-from vscene_engine.mvsplat.wigner import angles_to_matrix, matrix_to_angles, rotate_sh_coefficients, wigner_D
+from vscene_engine.prior.mvsplat import MVSplatConfig, MVSplatEncoder, load_mvsplat, to_gaussian_scene
+from vscene_engine.prior.mvsplat.wigner import angles_to_matrix, matrix_to_angles, rotate_sh_coefficients, wigner_D
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mvsplat"
 ATOL = RTOL = 1e-4
@@ -362,7 +362,7 @@ def test_load_mvsplat_safetensors(tmp_path, small_model):
 
 
 def test_load_mvsplat_lightning_ckpt(tmp_path, small_model):
-    pytest.importorskip("vscene_engine.safe_ckpt")
+    pytest.importorskip("vscene_engine.io.checkpoints")
     sd = {"encoder." + k: v.clone() for k, v in small_model.state_dict().items()}
     torch.save({"state_dict": sd, "global_step": 300000, "epoch": 3}, tmp_path / "model.ckpt")
     enc = load_mvsplat(tmp_path / "model.ckpt")
@@ -387,7 +387,7 @@ def test_outputs_and_gaussian_scene(small_output):
     scene.validate()
     assert len(scene) == g and scene.sh.shape == (g, 25, 3)
     torch.testing.assert_close(scene.sh, out["harmonics"][0].transpose(-1, -2))
-    from vscene_engine.gaussians import quat_to_rotmat
+    from vscene_engine.core.gaussians import quat_to_rotmat
 
     R = quat_to_rotmat(scene.quats.double())
     S = torch.diag_embed(scene.scales.double())

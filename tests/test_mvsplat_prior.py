@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from test_mvsplat import fill_weights, small_config
-from vscene_engine.cameras import Cameras
-from vscene_engine.mvsplat import MVSplatEncoder
-from vscene_engine.mvsplat.prior import mvsplat_prior, network_inputs
-from vscene_engine.prior import PriorConfig, coarse_prior
+from vscene_engine.core.cameras import Cameras
+from vscene_engine.prior.mvsplat import MVSplatEncoder
+from vscene_engine.prior.mvsplat.prior import mvsplat_prior, network_inputs
+from vscene_engine.prior.coarse import PriorConfig, coarse_prior
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -128,7 +128,7 @@ def test_coarse_splat_prior_node_mvsplat(weights_file, tmp_path, monkeypatch):
     import importlib
 
     from test_host_fallback import PACK, _load_host
-    from vscene_engine.views import ViewPair
+    from vscene_engine.views.pair import ViewPair
 
     host = _load_host()
     pn = importlib.import_module(PACK + ".nodes.pipeline_nodes")

@@ -1,4 +1,4 @@
-"""Tests of vscene_engine.noposplat: parity with the official NoPoSplat encoder (fixture produced outside the project
+"""Tests of vscene_engine.prior.noposplat: parity with the official NoPoSplat encoder (fixture produced outside the project
 by running cvg/NoPoSplat's EncoderNoPoSplat on deterministic random weights, see tests/fixtures/noposplat/README.md),
 the state-dict layout of the released model, strict loading of Lightning .ckpt / .safetensors files, and the prior."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vscene_engine.noposplat import NoPoSplatConfig, NoPoSplatNet, load_noposplat, save_noposplat, to_gaussian_scene
+from vscene_engine.prior.noposplat import NoPoSplatConfig, NoPoSplatNet, load_noposplat, save_noposplat, to_gaussian_scene
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "noposplat"
 KEYS = ("means", "covariances", "harmonics", "opacities", "scales", "rotations", "depth")
@@ -265,7 +265,7 @@ def _angle_deg(Ra, Rb):
 
 
 def test_prior_recovers_camera_b_by_pnp(geo_net):
-    from vscene_engine.noposplat.prior import noposplat_prior
+    from vscene_engine.prior.noposplat.prior import noposplat_prior
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(72, 96, 3, generator=g), torch.rand(72, 96, 3, generator=g)
     r = noposplat_prior(geo_net, a, b)
@@ -290,7 +290,7 @@ def test_prior_recovers_camera_b_by_pnp(geo_net):
 
 
 def test_prior_uses_given_intrinsics(geo_net):
-    from vscene_engine.noposplat.prior import noposplat_prior
+    from vscene_engine.prior.noposplat.prior import noposplat_prior
     a = torch.rand(64, 80, 3)
     K = torch.tensor([[70.0, 0, 41], [0, 68, 30], [0, 0, 1]])
     r = noposplat_prior(geo_net, a, a.clone(), K=K)
@@ -307,10 +307,10 @@ def test_prior_uses_given_intrinsics(geo_net):
 
 def test_refinement_moves_towards_the_photo(geo_net):
     """refine_pose on a rendered target: starting 2 degrees off, the pose error shrinks."""
-    from vscene_engine.gaussians import GaussianScene
-    from vscene_engine.noposplat.prior import refine_pose
-    from vscene_engine.cameras import Cameras
-    from vscene_engine.rasterize import render
+    from vscene_engine.core.gaussians import GaussianScene
+    from vscene_engine.prior.noposplat.prior import refine_pose
+    from vscene_engine.core.cameras import Cameras
+    from vscene_engine.render.rasterize import render
     g = torch.Generator().manual_seed(1)
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, 40), torch.linspace(-1, 1, 40), indexing="ij")
     pts = torch.stack((xs.reshape(-1) * 2, ys.reshape(-1) * 2, 5 + 0.3 * torch.sin(3 * xs.reshape(-1))), -1)
@@ -327,8 +327,8 @@ def test_refinement_moves_towards_the_photo(geo_net):
 
 
 def test_coarse_prior_noposplat(geo_net, tmp_path):
-    from vscene_engine.cameras import Cameras
-    from vscene_engine.prior import PriorConfig, coarse_prior
+    from vscene_engine.core.cameras import Cameras
+    from vscene_engine.prior.coarse import PriorConfig, coarse_prior
     imgs = torch.rand(2, 72, 96, 3)
     K = torch.tensor([[80.0, 0, 48], [0, 80, 36], [0, 0, 1]])
     given = Cameras(torch.eye(4).repeat(2, 1, 1), K, 96, 72, 0.1, 10.0)
@@ -355,8 +355,8 @@ def test_coarse_splat_prior_node_noposplat(tiny_net, tmp_path, monkeypatch):
     import importlib
 
     from test_host_fallback import PACK, _load_host
-    from vscene_engine.cameras import Cameras
-    from vscene_engine.views import ViewPair
+    from vscene_engine.core.cameras import Cameras
+    from vscene_engine.views.pair import ViewPair
 
     host = _load_host()
     pn = importlib.import_module(PACK + ".nodes.pipeline_nodes")
@@ -397,9 +397,9 @@ def test_coarse_splat_prior_node_noposplat(tiny_net, tmp_path, monkeypatch):
 def test_cli_prior_noposplat(tiny_net, tmp_path):
     """`prior --noposplat WEIGHTS`: no feature matching (two unrelated noise photos would be refused by it), the
     cameras NoPoSplat found are written (A = identity, baseline 1, the demo's fx = 0.8 of the square crop)."""
-    from vscene_engine.camera_formats import load_cameras
-    from vscene_engine.cli import main
-    from vscene_engine.imageio import save_image
+    from vscene_engine.io.camera_formats import load_cameras
+    from vscene_engine.tools.cli import main
+    from vscene_engine.io.images import save_image
 
     g = torch.Generator().manual_seed(2)
     for n in ("a", "b"):
@@ -423,7 +423,7 @@ def test_cli_prior_noposplat(tiny_net, tmp_path):
 
 def test_prior_refinement_keeps_camera_a_at_the_origin(geo_net):
     """refine_steps > 0 refines B and (as VideoScene's demo) A, then re-expresses the world in A's frame."""
-    from vscene_engine.noposplat.prior import noposplat_prior
+    from vscene_engine.prior.noposplat.prior import noposplat_prior
     a = torch.rand(64, 64, 3)
     r = noposplat_prior(geo_net, a, a.clone(), refine_steps=2)
     assert torch.allclose(r.cameras.c2w[0], torch.eye(4), atol=1e-6)
@@ -434,8 +434,8 @@ def test_prior_refinement_keeps_camera_a_at_the_origin(geo_net):
 
 
 def test_refinement_stops_when_nothing_is_in_view():
-    from vscene_engine.gaussians import GaussianScene
-    from vscene_engine.noposplat.prior import refine_pose
+    from vscene_engine.core.gaussians import GaussianScene
+    from vscene_engine.prior.noposplat.prior import refine_pose
     pts = torch.tensor([[0.0, 0.0, -5.0], [0.1, 0.0, -4.0]])                    # behind the camera
     scene = GaussianScene.from_points(pts, torch.rand(2, 3), scale=0.1, opacity=0.9)
     K = torch.tensor([[40.0, 0, 16], [0, 40, 16], [0, 0, 1]])
@@ -446,7 +446,7 @@ def test_refinement_stops_when_nothing_is_in_view():
 
 
 def test_release_file_names_give_the_input_size(tiny_net, tmp_path):
-    from vscene_engine.noposplat import guess_image_size
+    from vscene_engine.prior.noposplat import guess_image_size
     assert guess_image_size("models/noposplat/re10k.ckpt") == 256
     assert guess_image_size("acid.ckpt") == 256 and guess_image_size("mixRe10kDl3dv.ckpt") == 256
     assert guess_image_size("mixRe10kDl3dv_512x512.ckpt") == 512

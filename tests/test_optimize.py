@@ -1,4 +1,4 @@
-"""Tests for vscene_engine.losses and vscene_engine.optimize (fast: the whole file runs in well under a minute).
+"""Tests for vscene_engine.render.losses and vscene_engine.recon.fit (fast: the whole file runs in well under a minute).
 
 The fit tests use thresholds measured on this implementation (numbers in the comments) minus a safety margin.
 """
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from vscene_engine.cameras import Cameras, intrinsics_matrix, look_at
-from vscene_engine.gaussians import GaussianScene
-from vscene_engine.losses import dssim, l1, photometric_loss, psnr, ssim
-from vscene_engine.optimize import (
+from vscene_engine.core.cameras import Cameras, intrinsics_matrix, look_at
+from vscene_engine.core.gaussians import GaussianScene
+from vscene_engine.render.losses import dssim, l1, photometric_loss, psnr, ssim
+from vscene_engine.recon.fit import (
     DEFAULT_DENSIFY, FitConfig, FitResult, GaussianParams, _densify_and_prune, _DensifyStats, camera_extent, default_bbox,
     fit_scene, random_init,
 )
-from vscene_engine.rasterize import render
+from vscene_engine.render.rasterize import render
 from progress_util import Recorder  # noqa: E402
 
 LEGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "nerf_synthetic_lego"
@@ -325,7 +325,7 @@ def test_default_bbox_and_extent():
 def _load_lego(indices, res):
     from PIL import Image
 
-    from vscene_engine.camera_formats import load_cameras
+    from vscene_engine.io.camera_formats import load_cameras
 
     cams = load_cameras(LEGO / "transforms_train.json")
     imgs = []
@@ -362,7 +362,7 @@ def test_fit_compiled_path_matches_torch_projection_path(synthetic, monkeypatch)
     compared one by one: Adam's step is ~lr·sign(gradient) where a gradient is near zero, so rounding moves single
     Gaussians apart. With densification the discrete clone/split decisions amplify this: there a 1e-6 change of the
     images alone moves held-out PSNR by ~0.1 dB and the count by ~5% (measured), as much as switching the path does."""
-    from vscene_engine import raster_numba
+    from vscene_engine.render import raster_numba
 
     if not (raster_numba.usable() and raster_numba.grad_usable()):
         pytest.skip("numba compiled autograd path unavailable")

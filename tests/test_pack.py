@@ -91,9 +91,9 @@ def test_every_runtime_import_is_a_listed_requirement():
 
 
 def test_render_node_matches_engine_and_accepts_formats(tmp_path):
-    from vscene_engine.camera_formats import to_nerf, to_vscene
-    from vscene_engine.rasterize import render
-    from vscene_engine.synthetic import demo_cameras, procedural_scene
+    from vscene_engine.io.camera_formats import to_nerf, to_vscene
+    from vscene_engine.render.rasterize import render
+    from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
 
     pack = load_pack()
     host = sys.modules[pack.__name__ + ".nodes.host"]
@@ -166,7 +166,7 @@ def test_wheel_ships_every_engine_module_and_no_top_level_nodes(tmp_path):
     engine = src / "vscene_engine"
     want = {p.relative_to(src).as_posix() for p in engine.rglob("*")
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
-    assert any(w.startswith("vscene_engine/mvsplat/") for w in want)  # the subpackage the old config dropped
+    assert any(w.startswith("vscene_engine/prior/mvsplat/") for w in want)  # the subpackage the old config dropped
     missing = sorted(want - names)
     assert not missing, (f"the wheel lacks {len(missing)} engine files, e.g. {missing[:8]} (a subpackage without "
                          "__init__.py, or a data file type not in [tool.setuptools.package-data])")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from vscene_engine import ply as P
-from vscene_engine.gaussians import GaussianScene
-from vscene_engine.ply import ply_bytes, read_ply, write_ply
-from vscene_engine.sh import C0
+from vscene_engine.io import ply as P
+from vscene_engine.core.gaussians import GaussianScene
+from vscene_engine.io.ply import ply_bytes, read_ply, write_ply
+from vscene_engine.core.sh import C0
 
 # ------------------------------------------------------------------------------------------------ helpers
 

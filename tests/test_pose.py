@@ -1,4 +1,4 @@
-"""Relative pose from two photos (vscene_engine.pose): synthetic renders with known cameras, degenerate pairs,
+"""Relative pose from two photos (vscene_engine.views.pose): synthetic renders with known cameras, degenerate pairs,
 self-calibration of the focal length and its guard, EXIF focal priors, and real LLFF fern pairs (skipped when
 ../shared/data/llff_fern is absent)."""
 import io
@@ -14,8 +14,8 @@ import torch
 pytest.importorskip("cv2")
 pytest.importorskip("scipy")
 
-from vscene_engine.cameras import Cameras  # noqa: E402
-from vscene_engine.pose import (  # noqa: E402
+from vscene_engine.core.cameras import Cameras  # noqa: E402
+from vscene_engine.views.pose import (  # noqa: E402
     SELFCAL_MIN_AXIS_COPLANARITY,
     SELFCAL_MIN_ROTATION_DEG,
     DegeneratePairError,
@@ -51,8 +51,8 @@ def true_relative(c2w_a, c2w_b):
 def synth():
     """Renders of the procedural scene at 256x192 on white: views 0, 1 = the two demo cameras (the 'two photos' of
     the demo); view 2 = camera 0's centre turned 10 deg (yaw)."""
-    from vscene_engine.rasterize import render
-    from vscene_engine.synthetic import demo_cameras, procedural_scene
+    from vscene_engine.render.rasterize import render
+    from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
 
     demo = demo_cameras(256, 192)
     a = math.radians(10.0)
@@ -116,7 +116,7 @@ def test_synthetic_pair_recovers_relative_pose(synth, a, b):
 def test_different_image_sizes(synth):
     """B enlarged to another size and aspect, with its own K: the pose is unchanged, camera B's K refers to A's size
     and .resized() to B's size gives back K_b."""
-    from vscene_engine.imageio import resize_image
+    from vscene_engine.io.images import resize_image
 
     rgb, _, cams = synth
     wb, hb = 320, 256
@@ -210,8 +210,8 @@ FERN_PAIRS = [(0, 4), (2, 8), (5, 11), (9, 13), (13, 19)]
 def fern():
     if not (FERN / "poses_bounds.npy").is_file() or not (FERN / "images_8").is_dir():
         pytest.skip(f"LLFF fern not found at {FERN}")
-    from vscene_engine.camera_formats import load_cameras
-    from vscene_engine.imageio import load_image
+    from vscene_engine.io.camera_formats import load_cameras
+    from vscene_engine.io.images import load_image
 
     files = sorted((FERN / "images_8").glob("*.png"))
     img0 = load_image(files[0])
@@ -249,9 +249,9 @@ SC_W, SC_H, SC_FOV = 320, 240, 55.0
 def synth_general():
     """Two renders (320x240, 55 deg FOV) of the procedural scene in general position for self-calibration: ~12.6 deg
     of rotation, optical axes that do not meet (each camera looks at a different point)."""
-    from vscene_engine.cameras import look_at
-    from vscene_engine.rasterize import render
-    from vscene_engine.synthetic import procedural_scene
+    from vscene_engine.core.cameras import look_at
+    from vscene_engine.render.rasterize import render
+    from vscene_engine.tools.synthetic import procedural_scene
 
     f = focal_from_fov(SC_W, SC_H, SC_FOV)
     eyes = torch.tensor([[0.4, -0.15, 0.15], [0.6, -0.1, 0.3]])
@@ -302,7 +302,7 @@ def test_fixating_cameras_detected_never_confident_wrong_focal(synth):
 
 def test_given_intrinsics_never_overridden(synth_general):
     """A user FOV (here 50 deg; the pair self-calibrates to 55) is used exactly as given."""
-    from vscene_engine.views import make_view_pair
+    from vscene_engine.views.pair import make_view_pair
 
     rgb, _ = synth_general
     f50 = focal_from_fov(SC_W, SC_H, 50.0)
@@ -332,7 +332,7 @@ def test_exif_prior_is_used_and_self_calibration_cross_checks(synth_general):
 
 
 def test_view_pair_auto_values():
-    from vscene_engine.views import _is_auto
+    from vscene_engine.views.pair import _is_auto
 
     assert _is_auto(None) and _is_auto(0) and _is_auto(0.0) and _is_auto("auto") and _is_auto(" Auto ")
     assert not _is_auto(60.0)
@@ -373,7 +373,7 @@ def test_exif_focal_35mm():
 
 
 def test_cli_exif_prior(tmp_path):
-    from vscene_engine.cli import exif_fov_prior
+    from vscene_engine.tools.cli import exif_fov_prior
 
     a, b, c = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg"
     a.write_bytes(_jpeg_with_exif({41989: 26}).getvalue())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_pose import camera_jacobians, fit_points, focal_crlb, match_noise, monte_carlo_focal
-from vscene_engine import pose
+from vscene_engine.views import pose
 
 pytest.importorskip("poselib")
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from raster_reference import render_dense, render_loop
-from vscene_engine.cameras import Cameras, look_at
-from vscene_engine.gaussians import GaussianScene
-from vscene_engine import raster_numba
-from vscene_engine.rasterize import available_backends, render
+from vscene_engine.core.cameras import Cameras, look_at
+from vscene_engine.core.gaussians import GaussianScene
+from vscene_engine.render import raster_numba
+from vscene_engine.render.rasterize import available_backends, render
 
 F64 = torch.float64
 TOL = {"torch": 1e-9, "numba": 1e-9, "torch32": 5e-5}

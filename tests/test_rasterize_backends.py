@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from test_rasterize import _camera, _scene
-from vscene_engine import raster_numba
-from vscene_engine.gaussians import GaussianScene
-from vscene_engine.rasterize import render
+from vscene_engine.render import raster_numba
+from vscene_engine.core.gaussians import GaussianScene
+from vscene_engine.render.rasterize import render
 
 F64 = torch.float64
 NAMES = ("means", "scales", "quats", "opacities", "sh")
@@ -164,7 +164,7 @@ def test_numba_nograd_path_equals_autograd_path_and_reference(deg, antialiased, 
     from raster_reference import render_dense
 
     from test_rasterize import _ok, _cmp
-    from vscene_engine.cameras import look_at
+    from vscene_engine.core.cameras import look_at
 
     scene = _scene(160, deg, seed=30 + deg)
     c2w = look_at(torch.tensor([0.7, -0.3, -0.4], dtype=F64), torch.tensor([0.0, 0.0, 3.0], dtype=F64))
@@ -305,7 +305,7 @@ def test_compiled_grad_path_equals_torch_autograd(deg):
     """Every scene input's gradient (means incl. the view-direction term of SH, raw quats, scales, opacities, all SH
     coefficients) equals the torch backend's autograd to 1e-8 relative, with clamped Jacobians, culled, tiny, huge
     and terminating Gaussians; and the render really went through the compiled autograd Function."""
-    from vscene_engine.cameras import look_at
+    from vscene_engine.core.cameras import look_at
 
     scene = _edge_scene(deg, seed=40 + deg)
     c2w = look_at(torch.tensor([0.4, -0.2, -0.3], dtype=F64), torch.tensor([0.0, 0.0, 3.0], dtype=F64))

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from vscene_engine import leap
-from vscene_engine import replicate as R
+from vscene_engine.video import leap
+from vscene_engine.tools import replicate as R
 
 
 def test_space_to_depth_vae_is_lossless_and_interface_compatible():
@@ -42,8 +42,8 @@ def _smooth_video(seed=0, F=9, H=32, W=48):
 
 
 def test_damage_video_grows_with_level_and_is_seeded():
-    from vscene_engine.losses import psnr
-    from vscene_engine.synthetic import damage_video
+    from vscene_engine.render.losses import psnr
+    from vscene_engine.tools.synthetic import damage_video
 
     v = _smooth_video()
     assert torch.allclose(damage_video(v, 0.0, seed=3), v, atol=1e-5)

@@ -1,9 +1,9 @@
-"""vscene_engine.runtime: the progress/interrupt protocol of every long engine function."""
+"""vscene_engine.core.runtime: the progress/interrupt protocol of every long engine function."""
 import io
 
 import pytest
 
-from vscene_engine import runtime
+from vscene_engine.core import runtime
 from progress_util import Recorder  # noqa: E402
 
 

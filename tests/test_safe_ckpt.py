@@ -1,4 +1,4 @@
-"""vscene_engine.safe_ckpt: checkpoints read without executing pickled code, refusal of malicious pickles, errors,
+"""vscene_engine.io.checkpoints: checkpoints read without executing pickled code, refusal of malicious pickles, errors,
 conversion to safetensors and the convert-mvsplat command."""
 import builtins
 import collections
@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from vscene_engine.cli import main
-from vscene_engine.safe_ckpt import (CheckpointError, StubGlobal, StubObject, UnsafeCheckpointError,
+from vscene_engine.tools.cli import main
+from vscene_engine.io.checkpoints import (CheckpointError, StubGlobal, StubObject, UnsafeCheckpointError,
                                      convert_to_safetensors, load_checkpoint, read_state_dict)
 
 
@@ -432,10 +432,10 @@ def test_stand_ins_never_call_anything(tmp_path):
             load_checkpoint(_pkl(tmp_path, data))
     # our own module's functions named by the file are inert records too (convert_to_safetensors(src, out))
     out = tmp_path / "written.safetensors"
-    src = _pkl(tmp_path, b"\x80\x02cvscene_engine.safe_ckpt\nconvert_to_safetensors\nX\x01\x00\x00\x00aX"
+    src = _pkl(tmp_path, b"\x80\x02cvscene_engine.io.checkpoints\nconvert_to_safetensors\nX\x01\x00\x00\x00aX"
                          + len(str(out)).to_bytes(4, "little") + str(out).encode() + b"\x86R.")
     rec = load_checkpoint(src)
-    assert isinstance(rec, StubObject) and rec.qualname == "vscene_engine.safe_ckpt.convert_to_safetensors"
+    assert isinstance(rec, StubObject) and rec.qualname == "vscene_engine.io.checkpoints.convert_to_safetensors"
     assert rec.args == ("a", str(out)) and not out.exists()
     # BUILD state naming dunders is recorded, never applied
     rec = load_checkpoint(_pkl(tmp_path, b"\x80\x02csomepkg\nKlass\n)R}(X\t\x00\x00\x00__class__csomepkg\nOther\n"
@@ -453,7 +453,7 @@ def test_stand_ins_never_call_anything(tmp_path):
 def test_torch_refuses_what_the_listing_would_let_through(tmp_path, monkeypatch):
     # defence in depth: with the listing's refusal switched off (and torch's opt-out variable set), PyTorch's
     # weights-only unpickler still refuses os.system and nothing runs
-    from vscene_engine import safe_ckpt
+    from vscene_engine.io import checkpoints as safe_ckpt
     marker = tmp_path / "pwned"
     src = _save(tmp_path / "evil.ckpt", {"x": _Evil(os.system, (f"touch {marker}",))})
     monkeypatch.setattr(safe_ckpt, "_classify", lambda q, s: None)

@@ -3,8 +3,8 @@ step) and the REFERENCE_TIMESTEP constant."""
 import pytest
 import torch
 
-from vscene_engine.cogvideo_load import COGVIDEOX_5B_SCHEDULER_CONFIG as SCHED_5B
-from vscene_engine.schedule import DIFFUSERS_DEFAULTS, REFERENCE_TIMESTEP, NoiseSchedule
+from vscene_engine.video.loading import COGVIDEOX_5B_SCHEDULER_CONFIG as SCHED_5B
+from vscene_engine.video.schedule import DIFFUSERS_DEFAULTS, REFERENCE_TIMESTEP, NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import CogVideoXDDIMScheduler  # noqa: E402
@@ -108,8 +108,8 @@ def test_loader_report_and_samplers_share_one_schedule(tmp_path):
     (diffusers' default), and a config diffusers would refuse is refused at load with the file named."""
     import json
 
-    from vscene_engine.cogvideo_load import load_video_model
-    from vscene_engine.tiny_cogvideo import write_tiny_model
+    from vscene_engine.video.loading import load_video_model
+    from vscene_engine.tools.tiny_model import write_tiny_model
 
     tiny = write_tiny_model(tmp_path / "tiny", frames=5, height=32, width=48, layers=1)
     cfg_path = tiny["base"] / "scheduler" / "scheduler_config.json"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vscene_engine import sh as S
+from vscene_engine.core import sh as S
 
 
 def _quadrature(n_z=12, n_phi=26):

@@ -1,4 +1,4 @@
-"""Plane-sweep stereo (vscene_engine.stereo) and the coarse Gaussian prior (vscene_engine.prior).
+"""Plane-sweep stereo (vscene_engine.prior.stereo) and the coarse Gaussian prior (vscene_engine.prior.coarse).
 
 Ground truth: the procedural tabletop rendered at 160x120 from its two demo cameras over a white background; the
 rasterizer's expected depth is the reference depth (pixels with alpha > 0.9 count as surface). The thresholds are
@@ -10,13 +10,13 @@ import math
 import pytest
 import torch
 
-from vscene_engine.cameras import Cameras
-from vscene_engine.losses import psnr
-from vscene_engine.prior import PriorConfig, PriorResult, coarse_prior, fill_depth_holes, render_trajectory
-from vscene_engine.rasterize import render
-from vscene_engine.stereo import StereoConfig, StereoResult, stereo_depth
-from vscene_engine.synthetic import demo_cameras, procedural_scene
-from vscene_engine.trajectories import make_trajectory
+from vscene_engine.core.cameras import Cameras
+from vscene_engine.render.losses import psnr
+from vscene_engine.prior.coarse import PriorConfig, PriorResult, coarse_prior, fill_depth_holes, render_trajectory
+from vscene_engine.render.rasterize import render
+from vscene_engine.prior.stereo import StereoConfig, StereoResult, stereo_depth
+from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
+from vscene_engine.views.trajectories import make_trajectory
 from progress_util import Recorder  # noqa: E402
 
 W, H = 160, 120

@@ -261,8 +261,8 @@ def test_camera_info_opens_the_viewer_at_photo_a():
 
     import torch
 
-    from vscene_engine.camera_formats import from_load3d
-    from vscene_engine.synthetic import demo_cameras, procedural_scene
+    from vscene_engine.io.camera_formats import from_load3d
+    from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
 
     _load_host()
     sn = importlib.import_module(PACK + ".nodes.splat_nodes")
@@ -292,8 +292,8 @@ def test_to_load3d_viewer_fov_round_trip():
 
     import torch
 
-    from vscene_engine.camera_formats import from_load3d, to_load3d
-    from vscene_engine.synthetic import demo_cameras
+    from vscene_engine.io.camera_formats import from_load3d, to_load3d
+    from vscene_engine.tools.synthetic import demo_cameras
 
     cams = demo_cameras(640, 360, 70.0).to(dtype=torch.float64)
     for vf in (None, 35.0, 75.0):

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from test_host_fallback import PACK, _load_host  # noqa: E402
-from vscene_engine.tiny_cogvideo import install_tiny_model  # noqa: E402
+from vscene_engine.tools.tiny_model import install_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_load_and_leap(nodes):
     assert latent["samples"].shape == (1, 16, 3, 8, 12)
     assert json.loads(info)["timesteps"] == [549]
     # same as calling the engine directly with the same seed
-    from vscene_engine.leap import leap_sample
+    from vscene_engine.video.leap import leap_sample
     direct = leap_sample(model, frames[0], frames[-1], frames, timestep=549, seed=3)
     assert torch.equal(direct.frames, out)
     t_out, _, t_info = nodes.VideoSceneTeacher().run(model, frames, 3, 1.0, "noise", 549, 0, "stretch",
@@ -110,8 +110,8 @@ def test_ddpnet_timestep_feeds_leap(nodes):
 
 
 def test_leap_refine_3d_option(nodes):
-    from vscene_engine.synthetic import demo_cameras
-    from vscene_engine.trajectories import make_trajectory
+    from vscene_engine.tools.synthetic import demo_cameras
+    from vscene_engine.views.trajectories import make_trajectory
 
     model, _ = _load(nodes)
     frames = torch.rand(9, 48, 80, 3, generator=torch.Generator().manual_seed(2))

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 
-from vscene_engine.cameras import Cameras
-from vscene_engine.cli import main
-from vscene_engine.imageio import save_image
+from vscene_engine.core.cameras import Cameras
+from vscene_engine.tools.cli import main
+from vscene_engine.io.images import save_image
 from vscene_engine.pipeline import make_path, reconstruct
-from vscene_engine.rasterize import render
-from vscene_engine.synthetic import demo_cameras, procedural_scene
-from vscene_engine.views import make_view_pair
+from vscene_engine.render.rasterize import render
+from vscene_engine.tools.synthetic import demo_cameras, procedural_scene
+from vscene_engine.views.pair import make_view_pair
 
 W, H = 128, 96
 
@@ -46,7 +46,7 @@ def test_given_cameras_sizes_and_intrinsics_follow_resize(photos):
 @pytest.mark.parametrize("mode", ["crop", "pad"])
 def test_crop_and_pad_keep_intrinsics_consistent(photos, mode):
     """A photo of another aspect, brought to 128x96 by apply_box, equals a render at the fitted camera."""
-    from vscene_engine.views import apply_box
+    from vscene_engine.views.pair import apply_box
 
     scene, cams, _ = photos
     cam_b = cams[1].cropped(16, 0, 96, 96).resized(192, 192)  # a square 192x192 photo
@@ -118,8 +118,8 @@ def test_reconstruct_checks_and_improves(photos):
 
 def test_cli_prior_and_reconstruct_with_transforms_json(tmp_path, photos):
     """prior: cameras picked by file name from a transforms.json; reconstruct from its outputs."""
-    from vscene_engine.camera_formats import load_cameras, to_nerf
-    from vscene_engine.video import read_frames
+    from vscene_engine.io.camera_formats import load_cameras, to_nerf
+    from vscene_engine.io.video_files import read_frames
 
     _, cams, imgs = photos
     save_image(imgs[0], tmp_path / "r_0.png")
@@ -162,7 +162,7 @@ def test_reconstruct_same_on_compiled_and_torch_projection_paths(photos, monkeyp
     """SplatReconstruct's engine call on the compiled autograd path (numba projection + backward) against the torch
     projection path: every per-view PSNR within 0.02 dB (the tolerance of test_optimize's path test; the two differ by
     float32 rounding, amplified only where Adam meets near-zero gradients)."""
-    from vscene_engine import raster_numba
+    from vscene_engine.render import raster_numba
 
     if not (raster_numba.usable() and raster_numba.grad_usable()):
         pytest.skip("numba compiled autograd path unavailable")

@@ -1,7 +1,7 @@
-"""Command line: ``python -m vscene_engine <command> ...`` (see ``--help``). Implementation in :mod:`vscene_engine.cli`."""
+"""Command line: ``python -m vscene_engine <command> ...`` (see ``--help``). Implementation in :mod:`vscene_engine.tools.cli`."""
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 1. :func:`make_path` — the camera path between the two views (VideoScene's 49-frame interpolation with cosine
    easing by default; also straight SE(3), an orbit, or keyframes such as Load3D cameras).
 2. :func:`coarse_video` — the coarse 3DGS prior from the two views (stereo, MVSplat, or depth maps such as Depth
-   Anything 3's carried by the views; :mod:`vscene_engine.prior`) rendered along the path: the video the one-step
+   Anything 3's carried by the views; :mod:`vscene_engine.prior.coarse`) rendered along the path: the video the one-step
    student later refines.
 3. :func:`reconstruct` — fit a Gaussian scene to frames with known cameras (the path frames plus the two real
    views, which are weighted by repetition), initialised from a scene or at random; L1 + D-SSIM, densify/prune.
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
-from .cameras import Cameras
-from .gaussians import GaussianScene
-from .runtime import Progress, as_progress
-from .views import ViewPair
+from .core.cameras import Cameras
+from .core.gaussians import GaussianScene
+from .core.runtime import Progress, as_progress
+from .views.pair import ViewPair
 
 if TYPE_CHECKING:
-    from .prior import PriorConfig
+    from .prior.coarse import PriorConfig
 
 __all__ = ["make_path", "coarse_video", "reconstruct", "CoarseVideo", "Reconstruction", "PATH_KINDS"]
 
@@ -34,7 +34,7 @@ def make_path(views: ViewPair, frames: int = 49, kind: str = "interpolate", easi
               keyframes: Optional[Cameras] = None, **opts) -> Cameras:
     """Cameras of the output video, at the views' image size. ``keyframes`` (for kind "keyframes"): Cameras to pass
     through (their intrinsics are replaced by view A's). ``frames`` >= 2."""
-    from .trajectories import make_trajectory
+    from .views.trajectories import make_trajectory
 
     if frames < 2:
         raise ValueError(f"a camera path needs at least 2 frames, got {frames}")
@@ -71,16 +71,16 @@ def coarse_video(views: ViewPair, path: Cameras, *, background: Sequence[float] 
                  prior=None) -> CoarseVideo:
     """Coarse prior from the two views, rendered at every camera of ``path``.
 
-    ``config`` (:class:`~vscene_engine.prior.PriorConfig`, default method "stereo"), ``mvsplat``, ``depth`` and
-    ``confidence`` go to :func:`~vscene_engine.prior.coarse_prior`; method "depth" without ``depth`` uses the views'
+    ``config`` (:class:`~vscene_engine.prior.coarse.PriorConfig`, default method "stereo"), ``mvsplat``, ``depth`` and
+    ``confidence`` go to :func:`~vscene_engine.prior.coarse.coarse_prior`; method "depth" without ``depth`` uses the views'
     own depth and confidence (e.g. Depth Anything 3's).
-    progress (:class:`~vscene_engine.runtime.Progress`): the prior's stages, then ``update(done, total,
+    progress (:class:`~vscene_engine.core.runtime.Progress`): the prior's stages, then ``update(done, total,
     stage="render", preview=frame)`` per rendered frame; ``check_interrupt()`` in every loop. ``prior``: an already computed
-    :class:`vscene_engine.prior.PriorResult` to render instead of computing one (e.g. method "noposplat", whose
+    :class:`vscene_engine.prior.coarse.PriorResult` to render instead of computing one (e.g. method "noposplat", whose
     cameras define the path); ``config`` / ``mvsplat`` / ``depth`` / ``confidence`` are then unused.
     """
-    from .prior import coarse_prior
-    from .rasterize import render
+    from .prior.coarse import coarse_prior
+    from .render.rasterize import render
 
     progress = as_progress(progress)
     if (path.width, path.height) != (views.width, views.height):
@@ -119,11 +119,11 @@ def reconstruct(frames: torch.Tensor, path: Cameras, views: Optional[ViewPair] =
                 progress: Optional[Progress] = None) -> Reconstruction:
     """Fit a scene to ``frames`` [F,H,W,3] seen from ``path`` (+ the two real views of ``views``, each repeated
     ``input_view_weight`` times so the photos outweigh single synthetic frames). ``init``: starting scene (e.g. the
-    coarse prior) or None for random initialisation. progress: :class:`~vscene_engine.runtime.Progress`, handed
-    to :func:`~vscene_engine.optimize.fit_scene` (``update(it, iters, stage="fit", loss=, preview=)``)."""
-    from .losses import psnr
-    from .optimize import FitConfig, fit_scene
-    from .rasterize import render
+    coarse prior) or None for random initialisation. progress: :class:`~vscene_engine.core.runtime.Progress`, handed
+    to :func:`~vscene_engine.recon.fit.fit_scene` (``update(it, iters, stage="fit", loss=, preview=)``)."""
+    from .render.losses import psnr
+    from .recon.fit import FitConfig, fit_scene
+    from .render.rasterize import render
 
     if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError("frames must be an image batch [F,H,W,3]")
