@@ -48,7 +48,7 @@ def fern_inputs(size: int):
     cams = load_cameras(d / "poses_bounds.npy")
     views = make_view_pair(load_image(paths[0]), load_image(paths[1]), cams[[0, 4]], size=size)
     path = make_path(views, frames=49)
-    cv = coarse_video(views, path, method="stereo", background=WHITE)
+    cv = coarse_video(views, path, background=WHITE)
     return cv.frames, path, views, cv.scene.to(dtype=torch.float32)
 
 
