@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DATA = ROOT.parent / "shared" / "data"
 WHITE = (1.0, 1.0, 1.0)
@@ -36,17 +37,12 @@ WHITE = (1.0, 1.0, 1.0)
 
 def fern_inputs(size: int):
     """(frames [49,H,W,3], path Cameras, views ViewPair, prior scene) for the fern pair at ``size``; None if absent."""
-    from vscene_engine.io.camera_formats import load_cameras
-    from vscene_engine.io.images import load_image
+    from bench_rasterize import fern_views
     from vscene_engine.pipeline import coarse_video, make_path
-    from vscene_engine.views.pair import make_view_pair
 
-    d = DATA / "llff_fern"
-    paths = [d / "images_8" / "image000.png", d / "images_8" / "image004.png"]
-    if not all(p.is_file() for p in paths) or not (d / "poses_bounds.npy").is_file():
+    views = fern_views(size)
+    if views is None:
         return None
-    cams = load_cameras(d / "poses_bounds.npy")
-    views = make_view_pair(load_image(paths[0]), load_image(paths[1]), cams[[0, 4]], size=size)
     path = make_path(views, frames=49)
     cv = coarse_video(views, path, background=WHITE)
     return cv.frames, path, views, cv.scene.to(dtype=torch.float32)

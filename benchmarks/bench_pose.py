@@ -44,23 +44,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-FERN_PAIRS = [(0, 4), (3, 7), (6, 10), (9, 13), (12, 16), (15, 19), (1, 6), (2, 8), (7, 13), (11, 17),
-              (4, 12), (5, 15), (0, 19)]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_pose_fern import DEFAULT_PAIRS as FERN_PAIRS  # noqa: E402  (the same 13 fern pairs, 4-19 frames apart)
+from bench_pose_fern import direction_error_deg, rotation_error_deg  # noqa: E402
+
 METHODS_WITHHELD = ("60deg", "selfcal", "auto")
-
-
-def rotation_error_deg(R_est, R_true) -> float:
-    import numpy as np
-
-    c = (np.trace(R_est @ R_true.T) - 1.0) / 2.0
-    return math.degrees(math.acos(float(np.clip(c, -1.0, 1.0))))
-
-
-def direction_error_deg(t_est, t_true) -> float:
-    import numpy as np
-
-    c = float(t_est @ t_true / (np.linalg.norm(t_est) * np.linalg.norm(t_true)))
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 
 def lego_pairs(cams, step: int = 8, lo: float = 10.0, hi: float = 40.0):

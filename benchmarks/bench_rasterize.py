@@ -72,12 +72,10 @@ def scene_wall(size: int = 256, seed: int = 0):
     return GaussianScene.cat(parts), make_trajectory("interpolate", views, frames=49)[24]
 
 
-def scene_fern(size: int):
-    """The engine's stereo prior of fern photos 0 and 4 at ``size`` (longer side) and the middle path camera."""
+def fern_views(size: int):
+    """ViewPair of fern photos 0 and 4 with their LLFF cameras at ``size`` (longer side); None when the data is absent."""
     from vscene_engine.io.camera_formats import load_cameras
     from vscene_engine.io.images import load_image
-    from vscene_engine.pipeline import make_path
-    from vscene_engine.prior.coarse import coarse_prior
     from vscene_engine.views.pair import make_view_pair
 
     d = DATA / "llff_fern"
@@ -85,7 +83,17 @@ def scene_fern(size: int):
     if not all(p.is_file() for p in paths) or not (d / "poses_bounds.npy").is_file():
         return None
     cams = load_cameras(d / "poses_bounds.npy")
-    views = make_view_pair(load_image(paths[0]), load_image(paths[1]), cams[[0, 4]], size=size)
+    return make_view_pair(load_image(paths[0]), load_image(paths[1]), cams[[0, 4]], size=size)
+
+
+def scene_fern(size: int):
+    """The engine's stereo prior of fern photos 0 and 4 at ``size`` (longer side) and the middle path camera."""
+    from vscene_engine.pipeline import make_path
+    from vscene_engine.prior.coarse import coarse_prior
+
+    views = fern_views(size)
+    if views is None:
+        return None
     prior = coarse_prior(views.images, views.cameras)
     return prior.scene, make_path(views, frames=49)[24]
 

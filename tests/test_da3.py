@@ -28,13 +28,6 @@ WHITE = (1.0, 1.0, 1.0)
 SIGMA = 2.7  # DA3's arbitrary world scale in the fixtures
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _rot(axis, angle):
     a = torch.tensor(axis, dtype=torch.float64)

@@ -13,14 +13,7 @@ from vscene_engine.prior.mvsplat.prior import mvsplat_prior, network_inputs
 from vscene_engine.prior.coarse import PriorConfig, coarse_prior
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread (restored afterwards): depths near the far plane are 1/disparity, which magnifies float32
-    summation-order differences between thread counts (see test_mvsplat.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # float32 depths near the far plane: see conftest
 
 
 def _cams(W, H, n=2):

@@ -40,13 +40,6 @@ def fill_weights(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _fixture(name):
     from safetensors.torch import load_file

@@ -23,14 +23,6 @@ W, H = 160, 120
 WHITE = (1.0, 1.0, 1.0)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread: on a small shared CPU more threads mostly spin (and the numbers stay reproducible)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def truth(one_thread):
