@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from test_da3 import H, W, make_geometry, normalised, one_thread, truth  # noqa: F401  (fixtures)
+from test_da3 import H, W, make_geometry, normalised, truth  # noqa: F401  (fixtures; one_thread comes from conftest)
 from test_host_fallback import PACK, _load_host
 
 host = _load_host()
