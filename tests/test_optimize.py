@@ -84,6 +84,26 @@ def test_ssim_properties_and_gradient():
         ssim(a, a[:, :8])
 
 
+def test_ssim_fit_path_equals_one_blur():
+    """While fitting (prediction requires grad, target does not) the target's statistics are blurred outside the
+    graph: the SSIM map and its gradient must be the same numbers as the one-blur path."""
+    from vscene_engine.render.losses import ssim_map
+
+    g = torch.Generator().manual_seed(2)
+    pred = torch.rand(1, 37, 53, 3, generator=g)
+    target = torch.rand(1, 37, 53, 3, generator=g)
+    both = [pred.clone().requires_grad_(True), target.clone().requires_grad_(True)]
+    one = ssim_map(*both)  # both require grad: one blur of the five statistics
+    (g_one,) = torch.autograd.grad(one.sum(), both[0])
+    p = pred.clone().requires_grad_(True)
+    split = ssim_map(p, target)
+    (g_split,) = torch.autograd.grad(split.sum(), p)
+    assert torch.equal(one.detach(), split.detach())
+    assert torch.equal(g_one, g_split)
+    with torch.no_grad():
+        assert torch.equal(ssim_map(pred, target), split.detach())
+
+
 def test_psnr_known_values():
     a = torch.zeros(2, 4, 6, 3)
     b = torch.full((2, 4, 6, 3), 0.1)

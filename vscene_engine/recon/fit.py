@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from ..core.cameras import Cameras
-from ..core.gaussians import GaussianScene, quat_normalize, quat_to_rotmat
+from ..core.gaussians import GaussianScene, all_finite, quat_normalize, quat_to_rotmat
 from ..render.losses import photometric_loss, psnr
 from ..render.rasterize import render
 from ..core.runtime import Progress, as_progress
@@ -268,11 +268,11 @@ class GaussianParams:
 
     def all_finite(self) -> bool:
         """True when every raw parameter and the activated scene are finite with positive scales."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.params.values()):
+        if not all(all_finite(p) for p in self.params.values()):
             return False
         with torch.no_grad():
             s = torch.exp(self.params["log_scales"])
-            return bool(torch.isfinite(s).all()) and bool((s > 0).all())
+            return all_finite(s) and (s.numel() == 0 or float(s.amin()) > 0)
 
     def rebuild(self, keep: torch.Tensor, extra: Optional[dict] = None) -> None:
         """Replace the parameter set by ``params[keep]`` followed by ``extra`` rows.
@@ -358,6 +358,14 @@ class _DensifyStats:
 
     def mean(self) -> torch.Tensor:
         return self.grad / self.count.clamp_min(1)
+
+
+def _last_densify_step(cfg: dict, iters: int) -> int:
+    """The last iteration <= ``iters`` at which :func:`fit_scene` densifies (0: none, e.g. a 150-iteration fit with
+    the default ``densify_from`` 500): the statistics are only collected up to it."""
+    every = int(cfg["densify_every"])
+    last = min(int(iters), int(cfg["densify_until"]) - 1) // every * every
+    return last if last >= int(cfg["densify_from"]) and last >= 1 else 0
 
 
 def _densify_and_prune(model: GaussianParams, stats: _DensifyStats, cfg: dict, extent: float,
@@ -595,6 +603,7 @@ def fit_scene(
     else:
         ev_imgs, ev_cams = images, cams
     stats = _DensifyStats(len(model), dev) if dcfg else None
+    last_densify = _last_densify_step(dcfg, iters) if dcfg else 0  # statistics after it are never used
 
     def render_views(scene, cam, deg):
         return render(scene, cam, bg, sh_degree=deg, progress=progress).rgb
@@ -627,7 +636,8 @@ def fit_scene(
             loss_sum, psnr_sum, preview = 0.0, 0.0, None
             for vi in batch.tolist():
                 g_before = None
-                if stats is not None and model.params["means"].grad is not None:
+                collect = stats is not None and it <= last_densify
+                if collect and model.params["means"].grad is not None:
                     g_before = model.params["means"].grad.detach().clone()
                 pred = render_views(scene, views[vi], active)
                 target = images[vi:vi + 1]
@@ -638,7 +648,7 @@ def fit_scene(
                         f"the learning rates (e.g. lr={{'means': {DEFAULT_LR['means'] / 10:g}, 'opacity': "
                         f"{DEFAULT_LR['opacity'] / 10:g}}}) or check the inputs/cameras.")
                 (loss / batch_views).backward(retain_graph=len(batch) > 1)
-                if stats is not None:
+                if collect:
                     g = model.params["means"].grad.detach()
                     g_view = (g if g_before is None else g - g_before) * batch_views
                     stats.add(g_view, model.params["means"].detach(), views[vi])

@@ -84,10 +84,15 @@ def ssim_map(img_a: torch.Tensor, img_b: torch.Tensor, *, padding: str = "same",
     w = gaussian_window(window_size, sigma, dtype=a.dtype, device=a.device)
     x = a.permute(0, 3, 1, 2)
     y = b.permute(0, 3, 1, 2)
-    # one conv call for the five statistics: stack along the channel axis
     C = x.shape[1]
-    stats = _blur(torch.cat([x, y, x * x, y * y, x * y], 1), w, pad)
-    mu_x, mu_y, e_xx, e_yy, e_xy = stats.split(C, 1)
+    if x.requires_grad and not y.requires_grad and torch.is_grad_enabled():
+        # fitting: the target's statistics need no backward, so blur them outside the graph (the same numbers, as
+        # the depthwise blur treats every channel on its own; the backward then blurs 3 statistics instead of 5)
+        mu_x, e_xx, e_xy = _blur(torch.cat([x, x * x, x * y], 1), w, pad).split(C, 1)
+        with torch.no_grad():
+            mu_y, e_yy = _blur(torch.cat([y, y * y], 1), w, pad).split(C, 1)
+    else:  # one conv call for the five statistics: stack along the channel axis
+        mu_x, mu_y, e_xx, e_yy, e_xy = _blur(torch.cat([x, y, x * x, y * y, x * y], 1), w, pad).split(C, 1)
     mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
     s_xx, s_yy, s_xy = e_xx - mu_xx, e_yy - mu_yy, e_xy - mu_xy
     num = (2 * mu_xy + SSIM_C1) * (2 * s_xy + SSIM_C2)

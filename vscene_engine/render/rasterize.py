@@ -67,6 +67,7 @@ import torch
 
 from . import raster_numba
 from .projection import Projected, project_gaussians
+from ..core.gaussians import all_finite
 from ..core.runtime import Progress, as_progress
 
 ALPHA_MIN = 1.0 / 255.0
@@ -534,13 +535,16 @@ def _check_scene(scene) -> None:
         t = getattr(scene, name)
         if t.shape[0] != n:
             raise ValueError(f"render: scene.{name} has {t.shape[0]} rows but means has {n}.")
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             bad = int((~torch.isfinite(t)).reshape(n, -1).any(1).sum()) if n else 0
             raise ValueError(
                 f"render: scene.{name} has non-finite values in {bad} Gaussians; drop them first "
                 "(GaussianScene.validate() names them) or re-run the step that produced the scene."
             )
-    if n and bool((scene.quats.norm(dim=-1) == 0).any()):
-        raise ValueError("render: some quaternions are all zero; they encode no rotation. Use (1,0,0,0) instead.")
-    if n and bool((scene.scales <= 0).any()):
-        raise ValueError("render: scales must be positive (linear std-devs, not log-scales).")
+    if not n:
+        return
+    with torch.no_grad():  # one reduction each; no autograd graph over the scene
+        if float(scene.quats.detach().norm(dim=-1).amin()) == 0:
+            raise ValueError("render: some quaternions are all zero; they encode no rotation. Use (1,0,0,0) instead.")
+        if float(scene.scales.detach().amin()) <= 0:
+            raise ValueError("render: scales must be positive (linear std-devs, not log-scales).")
