@@ -204,3 +204,20 @@ def test_from_points_and_bounds():
     assert (lo > big.means.amin(0)).all() and (hi < big.means.amax(0)).all()
     with pytest.raises(ValueError):
         GaussianScene.empty().center()
+
+
+def test_all_finite_agrees_with_isfinite():
+    from vscene_engine.core.gaussians import all_finite
+
+    base = torch.randn(1000, 3)
+    cases = [base, base.double(), base[:0], torch.arange(5), base.clone().requires_grad_(True)]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for pos in (0, 1234, 2999):
+            t = base.clone()
+            t.view(-1)[pos] = bad
+            cases.append(t)
+    t = base.clone()
+    t[7, 1], t[9, 2] = float("inf"), -float("inf")  # min -inf and max +inf at once
+    cases.append(t)
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t.flatten()[:3]

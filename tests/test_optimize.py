@@ -398,3 +398,22 @@ def test_fit_compiled_path_matches_torch_projection_path(synthetic, monkeypatch)
     assert abs(p_fast - p_slow) <= 0.01, (p_fast, p_slow)
     assert max(abs(a - b) for a, b in zip(fast.psnr_per_view, slow.psnr_per_view)) <= 0.01
     assert p_fast > 20.0  # the fit worked (measured 22.9 dB)
+
+
+def test_densify_statistics_window():
+    """Densify statistics are collected only up to the fit's last densify step: none when the first step would be
+    after the last iteration (the workflow's 150 iterations vs densify_from 500)."""
+    from vscene_engine.recon.fit import DEFAULT_DENSIFY, _last_densify_step
+
+    d = dict(DEFAULT_DENSIFY)
+    assert _last_densify_step(d, 150) == 0
+    assert _last_densify_step(d, 500) == 500
+    assert _last_densify_step(d, 777) == 700
+    assert _last_densify_step(d, 20000) == 14900  # densify_until 15000 is exclusive
+    assert _last_densify_step(dict(d, densify_from=0, densify_every=10), 25) == 20
+    # the loop's own rule, checked iteration by iteration
+    for cfg in (d, dict(d, densify_from=30, densify_every=7, densify_until=90), dict(d, densify_from=1, densify_every=1)):
+        for iters in (1, 29, 30, 31, 100):
+            steps = [it for it in range(1, iters + 1)
+                     if cfg["densify_from"] <= it < cfg["densify_until"] and it % cfg["densify_every"] == 0]
+            assert _last_densify_step(cfg, iters) == (steps[-1] if steps else 0), (cfg, iters)
