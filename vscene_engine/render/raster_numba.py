@@ -193,73 +193,71 @@ def _pixel_rects(gp, ext, width, height):
 
 
 
-@_jit(parallel=True)
 def _forward(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop):
     """Front-to-back compositing. gp [G,10] float64 (mx, my, a, b, c, o, z, r, g, b) in depth order.
 
     Writes out_c [H,W,3], out_d [H,W], out_t [H,W] and out_stop [H,W] (position, in the tile's list, of the Gaussian
     before which the pixel stopped; the list length if it never did). Tiles of up to 16 px run the vectorised
-    :func:`_forward_tile_fast`, larger ones the scalar :func:`_forward_tile_ref` (the same image to ~1 ulp)."""
+    :func:`_forward_fast`, larger ones the scalar :func:`_forward_ref` (the same image to ~1 ulp)."""
+    kernel = _forward_fast if tile <= _FAST_TILE else _forward_ref  # only the one used is compiled
+    kernel(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop)
+
+
+@_jit(parallel=True)
+def _forward_ref(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop):
+    """:func:`_forward` with scalar loops (any tile size): each Gaussian of a tile's list visits the pixels of its
+    rectangle."""
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        if tile <= _FAST_TILE:
-            _forward_tile_fast(t, gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop)
-        else:
-            _forward_tile_ref(t, gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop)
-
-
-@_jit
-def _forward_tile_ref(t, gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop):
-    """Tile ``t`` of :func:`_forward`, scalar: each Gaussian of the tile's list visits the pixels of its rectangle."""
-    X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
-    X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
-    tw, th = X1 - X0, Y1 - Y0
-    s, e = offsets[t], offsets[t + 1]
-    T = np.ones((th, tw))
-    C = np.zeros((th, tw, 3))
-    D = np.zeros((th, tw))
-    stop = np.full((th, tw), e - s, np.int64)
-    live = tw * th
-    for k in range(s, e):
-        g = ids[k]
-        mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
-        cut = _cut(o)
-        for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
-            dy = j + 0.5 - my
-            for i in range(max(rect[g, 0], X0), min(rect[g, 1], X1 - 1) + 1):
-                jj, ii = j - Y0, i - X0
-                if stop[jj, ii] != e - s:
-                    continue
-                dx = i + 0.5 - mx
-                sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-                if sigma < 0.0 or sigma > cut:
-                    continue
-                alpha = min(ALPHA_MAX, o * math.exp(-sigma))
-                if alpha < ALPHA_MIN:
-                    continue
-                t_new = T[jj, ii] * (1.0 - alpha)
-                if t_new <= T_MIN:
-                    stop[jj, ii] = k - s
-                    live -= 1
-                    continue
-                w = alpha * T[jj, ii]
-                C[jj, ii, 0] += w * gp[g, 7]
-                C[jj, ii, 1] += w * gp[g, 8]
-                C[jj, ii, 2] += w * gp[g, 9]
-                D[jj, ii] += w * z
-                T[jj, ii] = t_new
-        if live == 0:
-            break
-    out_c[Y0:Y1, X0:X1] = C
-    out_d[Y0:Y1, X0:X1] = D
-    out_t[Y0:Y1, X0:X1] = T
-    out_stop[Y0:Y1, X0:X1] = stop
+        X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
+        X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
+        tw, th = X1 - X0, Y1 - Y0
+        s, e = offsets[t], offsets[t + 1]
+        T = np.ones((th, tw))
+        C = np.zeros((th, tw, 3))
+        D = np.zeros((th, tw))
+        stop = np.full((th, tw), e - s, np.int64)
+        live = tw * th
+        for k in range(s, e):
+            g = ids[k]
+            mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
+            cut = _cut(o)
+            for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
+                dy = j + 0.5 - my
+                for i in range(max(rect[g, 0], X0), min(rect[g, 1], X1 - 1) + 1):
+                    jj, ii = j - Y0, i - X0
+                    if stop[jj, ii] != e - s:
+                        continue
+                    dx = i + 0.5 - mx
+                    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+                    if sigma < 0.0 or sigma > cut:
+                        continue
+                    alpha = min(ALPHA_MAX, o * math.exp(-sigma))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    t_new = T[jj, ii] * (1.0 - alpha)
+                    if t_new <= T_MIN:
+                        stop[jj, ii] = k - s
+                        live -= 1
+                        continue
+                    w = alpha * T[jj, ii]
+                    C[jj, ii, 0] += w * gp[g, 7]
+                    C[jj, ii, 1] += w * gp[g, 8]
+                    C[jj, ii, 2] += w * gp[g, 9]
+                    D[jj, ii] += w * z
+                    T[jj, ii] = t_new
+            if live == 0:
+                break
+        out_c[Y0:Y1, X0:X1] = C
+        out_d[Y0:Y1, X0:X1] = D
+        out_t[Y0:Y1, X0:X1] = T
+        out_stop[Y0:Y1, X0:X1] = stop
 
 
 @_inline
 def _fwd_window(st, jj, i0, xf0, mwin, mx, a, b, dy, cyy, o, cr, cg, cb, z, kf):
     """Four pixels (i0..i0+3 of tile row jj, lanes with bit l of ``mwin`` set) of one Gaussian in
-    :func:`_forward_tile_fast`, branch-free: a lane that is masked, has σ < 0 or α < 1/255 changes nothing (its
+    :func:`_forward_fast`, branch-free: a lane that is masked, has σ < 0 or α < 1/255 changes nothing (its
     weight is an exact 0); a lane whose transmittance would fall to <= T_MIN records the stop instead. The updates
     are selects, not masked stores, so LLVM vectorises the loop (4 x float64). Returns the bits of the lanes that
     stopped."""
@@ -286,190 +284,186 @@ def _fwd_window(st, jj, i0, xf0, mwin, mx, a, b, dy, cyy, o, cr, cg, cb, z, kf):
     return stopped
 
 
-@_jit
-def _forward_tile_fast(t, gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop):
-    """Tile ``t`` (<= 16 px) of :func:`_forward`, vectorised. The pixel state (T, C, D, stop) lives in one local
+@_jit(parallel=True)
+def _forward_fast(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop):
+    """:func:`_forward` for tiles of <= 16 px, vectorised. The pixel state (T, C, D, stop) lives in one local
     array with 4 padding columns; a 16-bit mask per row holds the pixels still compositing. For each Gaussian and
     row, the mask of its x-range is walked in 4-pixel windows starting at the lowest live pixel (trailing-zero
     count), each window a branch-free :func:`_fwd_window`. The σ cut is left to the α >= 1/255 test (σ clamped to
     [0, 40] for the exp); Gaussians with an opacity above O_FAST (or NaN) take the scalar loop of
-    :func:`_forward_tile_ref`. Same decisions and stop positions as the scalar loop; colours and depths within a
+    :func:`_forward_ref`. Same decisions and stop positions as the scalar loop; colours and depths within a
     few ulp (the exp)."""
-    X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
-    X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
-    tw, th = X1 - X0, Y1 - Y0
-    s, e = offsets[t], offsets[t + 1]
-    nsf = float(e - s)
-    X0f = float(X0)
-    st = np.zeros((6, _FAST_TILE, _FAST_TILE + 4))  # T, C (3), D, stop
-    for jj in range(_FAST_TILE):
-        for i in range(_FAST_TILE + 4):
-            st[0, jj, i] = 1.0
-            st[5, jj, i] = nsf
-    rowmask = np.zeros(_FAST_TILE, np.int64)  # live pixels of each row (bit i: pixel X0 + i)
-    for jj in range(th):
-        rowmask[jj] = (1 << tw) - 1
-    live = tw * th
-    for k in range(s, e):
-        g = ids[k]
-        mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
-        cr, cg, cb = gp[g, 7], gp[g, 8], gp[g, 9]
-        kf = float(k - s)
-        xa = max(rect[g, 0], X0) - X0
-        xb = min(rect[g, 1], X1 - 1) - X0
-        ya = max(rect[g, 2], Y0)
-        yb = min(rect[g, 3], Y1 - 1)
-        if not (o <= O_FAST):  # absurd or NaN opacity: the scalar loop
-            cut = _cut(o)
-            for j in range(ya, yb + 1):
-                dy = j + 0.5 - my
-                jj = j - Y0
-                for ii in range(xa, xb + 1):
-                    if st[5, jj, ii] != nsf:
+    n_tiles = offsets.shape[0] - 1
+    for t in prange(n_tiles):
+        X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
+        X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
+        tw, th = X1 - X0, Y1 - Y0
+        s, e = offsets[t], offsets[t + 1]
+        nsf = float(e - s)
+        X0f = float(X0)
+        st = np.zeros((6, _FAST_TILE, _FAST_TILE + 4))  # T, C (3), D, stop
+        for jj in range(_FAST_TILE):
+            for i in range(_FAST_TILE + 4):
+                st[0, jj, i] = 1.0
+                st[5, jj, i] = nsf
+        rowmask = np.zeros(_FAST_TILE, np.int64)  # live pixels of each row (bit i: pixel X0 + i)
+        for jj in range(th):
+            rowmask[jj] = (1 << tw) - 1
+        live = tw * th
+        for k in range(s, e):
+            g = ids[k]
+            mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
+            cr, cg, cb = gp[g, 7], gp[g, 8], gp[g, 9]
+            kf = float(k - s)
+            xa = max(rect[g, 0], X0) - X0
+            xb = min(rect[g, 1], X1 - 1) - X0
+            ya = max(rect[g, 2], Y0)
+            yb = min(rect[g, 3], Y1 - 1)
+            if not (o <= O_FAST):  # absurd or NaN opacity: the scalar loop
+                cut = _cut(o)
+                for j in range(ya, yb + 1):
+                    dy = j + 0.5 - my
+                    jj = j - Y0
+                    for ii in range(xa, xb + 1):
+                        if st[5, jj, ii] != nsf:
+                            continue
+                        dx = ((X0f + float(ii)) + 0.5) - mx
+                        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        if sigma < 0.0 or sigma > cut:
+                            continue
+                        alpha = min(ALPHA_MAX, o * math.exp(-sigma))
+                        if alpha < ALPHA_MIN:
+                            continue
+                        t_new = st[0, jj, ii] * (1.0 - alpha)
+                        if t_new <= T_MIN:
+                            st[5, jj, ii] = kf
+                            live -= 1
+                            rowmask[jj] &= ~(1 << ii)
+                            continue
+                        w = alpha * st[0, jj, ii]
+                        st[1, jj, ii] += w * cr
+                        st[2, jj, ii] += w * cg
+                        st[3, jj, ii] += w * cb
+                        st[4, jj, ii] += w * z
+                        st[0, jj, ii] = t_new
+            else:
+                span = ((1 << (xb + 1)) - 1) & ~((1 << xa) - 1)
+                for j in range(ya, yb + 1):
+                    jj = j - Y0
+                    m = rowmask[jj] & span
+                    if m == 0:
                         continue
-                    dx = ((X0f + float(ii)) + 0.5) - mx
-                    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-                    if sigma < 0.0 or sigma > cut:
-                        continue
-                    alpha = min(ALPHA_MAX, o * math.exp(-sigma))
-                    if alpha < ALPHA_MIN:
-                        continue
-                    t_new = st[0, jj, ii] * (1.0 - alpha)
-                    if t_new <= T_MIN:
-                        st[5, jj, ii] = kf
-                        live -= 1
-                        rowmask[jj] &= ~(1 << ii)
-                        continue
-                    w = alpha * st[0, jj, ii]
-                    st[1, jj, ii] += w * cr
-                    st[2, jj, ii] += w * cg
-                    st[3, jj, ii] += w * cb
-                    st[4, jj, ii] += w * z
-                    st[0, jj, ii] = t_new
-        else:
-            span = ((1 << (xb + 1)) - 1) & ~((1 << xa) - 1)
-            for j in range(ya, yb + 1):
-                jj = j - Y0
-                m = rowmask[jj] & span
-                if m == 0:
-                    continue
-                dy = j + 0.5 - my
-                cyy = c * dy * dy
-                stopped = 0
-                while m != 0:
-                    i0 = min(max(_ctz64(m), 0), _FAST_TILE - 1)
-                    mwin = (m >> i0) & 15
-                    m &= ~(15 << i0)
-                    stopped |= _fwd_window(st, jj, i0, X0f + float(i0), mwin, mx, a, b, dy, cyy, o, cr, cg, cb, z,
-                                           kf) << i0
-                if stopped != 0:
-                    rowmask[jj] &= ~stopped
-                    while stopped != 0:
-                        stopped &= stopped - 1
-                        live -= 1
-        if live == 0:
-            break
-    for jj in range(th):
-        for ii in range(tw):
-            out_t[Y0 + jj, X0 + ii] = st[0, jj, ii]
-            out_c[Y0 + jj, X0 + ii, 0] = st[1, jj, ii]
-            out_c[Y0 + jj, X0 + ii, 1] = st[2, jj, ii]
-            out_c[Y0 + jj, X0 + ii, 2] = st[3, jj, ii]
-            out_d[Y0 + jj, X0 + ii] = st[4, jj, ii]
-            out_stop[Y0 + jj, X0 + ii] = np.int64(st[5, jj, ii])
+                    dy = j + 0.5 - my
+                    cyy = c * dy * dy
+                    stopped = 0
+                    while m != 0:
+                        i0 = min(max(_ctz64(m), 0), _FAST_TILE - 1)
+                        mwin = (m >> i0) & 15
+                        m &= ~(15 << i0)
+                        stopped |= _fwd_window(st, jj, i0, X0f + float(i0), mwin, mx, a, b, dy, cyy, o, cr, cg, cb, z,
+                                               kf) << i0
+                    if stopped != 0:
+                        rowmask[jj] &= ~stopped
+                        while stopped != 0:
+                            stopped &= stopped - 1
+                            live -= 1
+            if live == 0:
+                break
+        for jj in range(th):
+            for ii in range(tw):
+                out_t[Y0 + jj, X0 + ii] = st[0, jj, ii]
+                out_c[Y0 + jj, X0 + ii, 0] = st[1, jj, ii]
+                out_c[Y0 + jj, X0 + ii, 1] = st[2, jj, ii]
+                out_c[Y0 + jj, X0 + ii, 2] = st[3, jj, ii]
+                out_d[Y0 + jj, X0 + ii] = st[4, jj, ii]
+                out_stop[Y0 + jj, X0 + ii] = np.int64(st[5, jj, ii])
 
 
-@_jit(parallel=True)
 def _backward(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d, g_t, g_isect):
     """Back-to-front pass (3DGS): re-derives Tᵢ = Tᵢ₊₁/(1-αᵢ) and writes one gradient row per intersection,
     g_isect [n_isect, 10] = dL/d(mx, my, a, b, c, o, z, r, g, b), given dL/dC [H,W,3], dL/dD [H,W], dL/dT [H,W].
 
     With S = Σ_{j>i} w_j (c_j, z_j):  dL/dαᵢ = Tᵢ (cᵢ·gC + zᵢ gD) - (S·(gC, gD) + T_final gT) / (1 - αᵢ).
-    Tiles of up to 16 px run the vectorised :func:`_backward_tile_fast`, larger ones :func:`_backward_tile_ref`."""
+    Tiles of up to 16 px run the vectorised :func:`_backward_fast`, larger ones :func:`_backward_ref`."""
+    kernel = _backward_fast if tile <= _FAST_TILE else _backward_ref  # only the one used is compiled
+    kernel(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d, g_t, g_isect)
+
+
+@_jit(parallel=True)
+def _backward_ref(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d, g_t, g_isect):
+    """:func:`_backward` with scalar loops (any tile size)."""
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        if tile <= _FAST_TILE:
-            _backward_tile_fast(t, gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d,
-                                g_t, g_isect)
-        else:
-            _backward_tile_ref(t, gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d,
-                               g_t, g_isect)
+        X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
+        X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
+        tw, th = X1 - X0, Y1 - Y0
+        s, e = offsets[t], offsets[t + 1]
+        T = t_final[Y0:Y1, X0:X1].copy()
+        S = np.zeros((th, tw, 4))
+        # entries at or behind every pixel's stop position took no part (the forward left the tile there): zero rows
+        last = 0
+        for j in range(Y0, Y1):
+            for i in range(X0, X1):
+                last = max(last, stop_all[j, i])
+        for k in range(s + last, e):
+            g_isect[k, :] = 0.0
+        for k in range(s + last - 1, s - 1, -1):
+            g = ids[k]
+            mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
+            cr, cg, cb = gp[g, 7], gp[g, 8], gp[g, 9]
+            cut = _cut(o)
+            d_mx = d_my = d_a = d_b = d_c = d_o = d_z = d_r = d_g = d_b2 = 0.0
+            for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
+                dy = j + 0.5 - my
+                for i in range(max(rect[g, 0], X0), min(rect[g, 1], X1 - 1) + 1):
+                    jj, ii = j - Y0, i - X0
+                    if k - s >= stop_all[j, i]:
+                        continue
+                    dx = i + 0.5 - mx
+                    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+                    if sigma < 0.0 or sigma > cut:
+                        continue
+                    gauss = math.exp(-sigma)
+                    raw = o * gauss
+                    alpha = min(ALPHA_MAX, raw)
+                    if alpha < ALPHA_MIN:
+                        continue
+                    one_m = 1.0 - alpha
+                    t_i = T[jj, ii] / one_m
+                    w = alpha * t_i
+                    gr, gg, gb, gd = g_c[j, i, 0], g_c[j, i, 1], g_c[j, i, 2], g_d[j, i]
+                    d_r += w * gr
+                    d_g += w * gg
+                    d_b2 += w * gb
+                    d_z += w * gd
+                    after = S[jj, ii, 0] * gr + S[jj, ii, 1] * gg + S[jj, ii, 2] * gb + S[jj, ii, 3] * gd
+                    dl_da = t_i * (cr * gr + cg * gg + cb * gb + z * gd) - (after + t_final[j, i] * g_t[j, i]) / one_m
+                    S[jj, ii, 0] += w * cr
+                    S[jj, ii, 1] += w * cg
+                    S[jj, ii, 2] += w * cb
+                    S[jj, ii, 3] += w * z
+                    T[jj, ii] = t_i
+                    if raw < ALPHA_MAX:  # the clamp passes no gradient
+                        d_o += dl_da * gauss
+                        dl_ds = -dl_da * alpha
+                        d_a += 0.5 * dl_ds * dx * dx
+                        d_b += dl_ds * dx * dy
+                        d_c += 0.5 * dl_ds * dy * dy
+                        d_mx -= dl_ds * (a * dx + b * dy)
+                        d_my -= dl_ds * (b * dx + c * dy)
+            row = g_isect[k]
+            row[0], row[1], row[2], row[3], row[4] = d_mx, d_my, d_a, d_b, d_c
+            row[5], row[6], row[7], row[8], row[9] = d_o, d_z, d_r, d_g, d_b2
 
 
-@_jit
-def _backward_tile_ref(t, gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d, g_t,
-                       g_isect):
-    """Tile ``t`` of :func:`_backward`, scalar."""
-    X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
-    X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
-    tw, th = X1 - X0, Y1 - Y0
-    s, e = offsets[t], offsets[t + 1]
-    T = t_final[Y0:Y1, X0:X1].copy()
-    S = np.zeros((th, tw, 4))
-    # entries at or behind every pixel's stop position took no part (the forward left the tile there): zero rows
-    last = 0
-    for j in range(Y0, Y1):
-        for i in range(X0, X1):
-            last = max(last, stop_all[j, i])
-    for k in range(s + last, e):
-        g_isect[k, :] = 0.0
-    for k in range(s + last - 1, s - 1, -1):
-        g = ids[k]
-        mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
-        cr, cg, cb = gp[g, 7], gp[g, 8], gp[g, 9]
-        cut = _cut(o)
-        d_mx = d_my = d_a = d_b = d_c = d_o = d_z = d_r = d_g = d_b2 = 0.0
-        for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
-            dy = j + 0.5 - my
-            for i in range(max(rect[g, 0], X0), min(rect[g, 1], X1 - 1) + 1):
-                jj, ii = j - Y0, i - X0
-                if k - s >= stop_all[j, i]:
-                    continue
-                dx = i + 0.5 - mx
-                sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-                if sigma < 0.0 or sigma > cut:
-                    continue
-                gauss = math.exp(-sigma)
-                raw = o * gauss
-                alpha = min(ALPHA_MAX, raw)
-                if alpha < ALPHA_MIN:
-                    continue
-                one_m = 1.0 - alpha
-                t_i = T[jj, ii] / one_m
-                w = alpha * t_i
-                gr, gg, gb, gd = g_c[j, i, 0], g_c[j, i, 1], g_c[j, i, 2], g_d[j, i]
-                d_r += w * gr
-                d_g += w * gg
-                d_b2 += w * gb
-                d_z += w * gd
-                after = S[jj, ii, 0] * gr + S[jj, ii, 1] * gg + S[jj, ii, 2] * gb + S[jj, ii, 3] * gd
-                dl_da = t_i * (cr * gr + cg * gg + cb * gb + z * gd) - (after + t_final[j, i] * g_t[j, i]) / one_m
-                S[jj, ii, 0] += w * cr
-                S[jj, ii, 1] += w * cg
-                S[jj, ii, 2] += w * cb
-                S[jj, ii, 3] += w * z
-                T[jj, ii] = t_i
-                if raw < ALPHA_MAX:  # the clamp passes no gradient
-                    d_o += dl_da * gauss
-                    dl_ds = -dl_da * alpha
-                    d_a += 0.5 * dl_ds * dx * dx
-                    d_b += dl_ds * dx * dy
-                    d_c += 0.5 * dl_ds * dy * dy
-                    d_mx -= dl_ds * (a * dx + b * dy)
-                    d_my -= dl_ds * (b * dx + c * dy)
-        row = g_isect[k]
-        row[0], row[1], row[2], row[3], row[4] = d_mx, d_my, d_a, d_b, d_c
-        row[5], row[6], row[7], row[8], row[9] = d_o, d_z, d_r, d_g, d_b2
-
-
-# planes of the local state of _backward_tile_fast: T, S (4), dL/dC (3), dL/dD, T_final·dL/dT, then the 10 terms of
-# the window's lanes (the gradient rows' columns)
+    # planes of the local state of _backward_fast: T, S (4), dL/dC (3), dL/dD, T_final·dL/dT, then the 10 terms of
+    # the window's lanes (the gradient rows' columns)
 _PT, _PS, _PG, _PGD, _PTG, _PA = 0, 1, 5, 8, 9, 10
 
 
 @_inline
 def _bwd_window(st, jj, i0, xf0, mwin, mx, a, b, c, dy, cyy, o, z, cr, cg, cb):
-    """Four pixels of one Gaussian in :func:`_backward_tile_fast`, branch-free: every lane computes its 10
+    """Four pixels of one Gaussian in :func:`_backward_fast`, branch-free: every lane computes its 10
     gradient terms into planes _PA.._PA+9 (exact zeros for a lane that is masked, has σ < 0 or α < 1/255, and for
     the α terms where α is clamped at ALPHA_MAX) and un-composites its pixel (T /= 1 - α, S += w (c, z))."""
     for l in range(4):
@@ -507,123 +501,124 @@ def _bwd_window(st, jj, i0, xf0, mwin, mx, a, b, c, dy, cyy, o, z, cr, cg, cb):
         st[jj, _PA + 1, i] = dl_ds * (b * dx + c * dy)
 
 
-@_jit
-def _backward_tile_fast(t, gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d, g_t,
-                        g_isect):
-    """Tile ``t`` (<= 16 px) of :func:`_backward`, vectorised as :func:`_forward_tile_fast`: the tile's T_final,
+@_jit(parallel=True)
+def _backward_fast(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d, g_t, g_isect):
+    """:func:`_backward` for tiles of <= 16 px, vectorised as :func:`_forward_fast`: the tile's T_final,
     dL/dC, dL/dD and T_final·dL/dT are copied into local planes; a pixel joins its row's live mask when the
     back-to-front walk reaches its stop position (pixels sorted by stop); each window's lane terms are then added in
     the scalar loop's pixel order, up to the window's last live lane, so every gradient row is summed in the same
-    order as :func:`_backward_tile_ref` (to ~1 ulp: the exp)."""
-    X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
-    X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
-    tw, th = X1 - X0, Y1 - Y0
-    s, e = offsets[t], offsets[t + 1]
-    X0f = float(X0)
-    st = np.zeros((_FAST_TILE, _PA + 10, _FAST_TILE + 4))
-    npx = tw * th
-    pstop = np.empty(npx, np.int64)
-    last = 0
-    for jj in range(th):
-        for ii in range(tw):
-            j, i = Y0 + jj, X0 + ii
-            st[jj, _PT, ii] = t_final[j, i]
-            st[jj, _PG, ii] = g_c[j, i, 0]
-            st[jj, _PG + 1, ii] = g_c[j, i, 1]
-            st[jj, _PG + 2, ii] = g_c[j, i, 2]
-            st[jj, _PGD, ii] = g_d[j, i]
-            st[jj, _PTG, ii] = t_final[j, i] * g_t[j, i]
-            sv = stop_all[j, i]
-            pstop[jj * tw + ii] = sv
-            last = max(last, sv)
-    by_stop = np.argsort(-pstop, kind="mergesort")  # pixels by stop, descending: the order they join the walk in
-    p = 0
-    rowmask = np.zeros(_FAST_TILE, np.int64)
-    # entries at or behind every pixel's stop position took no part (the forward left the tile there): zero rows
-    for k in range(s + last, e):
-        g_isect[k, :] = 0.0
-    for k in range(s + last - 1, s - 1, -1):
-        kk = k - s
-        while p < npx and pstop[by_stop[p]] > kk:
-            q = by_stop[p]
-            rowmask[q // tw] |= 1 << (q % tw)
-            p += 1
-        g = ids[k]
-        mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
-        cr, cg, cb = gp[g, 7], gp[g, 8], gp[g, 9]
-        d_mx = d_my = d_a = d_b = d_c = d_o = d_z = d_r = d_g = d_b2 = 0.0
-        xa = max(rect[g, 0], X0) - X0
-        xb = min(rect[g, 1], X1 - 1) - X0
-        if not (o <= O_FAST):  # absurd or NaN opacity: the scalar loop
-            cut = _cut(o)
-            for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
-                dy = j + 0.5 - my
-                jj = j - Y0
-                for ii in range(xa, xb + 1):
-                    if kk >= stop_all[j, X0 + ii]:
+    order as :func:`_backward_ref` (to ~1 ulp: the exp)."""
+    n_tiles = offsets.shape[0] - 1
+    for t in prange(n_tiles):
+        X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
+        X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
+        tw, th = X1 - X0, Y1 - Y0
+        s, e = offsets[t], offsets[t + 1]
+        X0f = float(X0)
+        st = np.zeros((_FAST_TILE, _PA + 10, _FAST_TILE + 4))
+        npx = tw * th
+        pstop = np.empty(npx, np.int64)
+        last = 0
+        for jj in range(th):
+            for ii in range(tw):
+                j, i = Y0 + jj, X0 + ii
+                st[jj, _PT, ii] = t_final[j, i]
+                st[jj, _PG, ii] = g_c[j, i, 0]
+                st[jj, _PG + 1, ii] = g_c[j, i, 1]
+                st[jj, _PG + 2, ii] = g_c[j, i, 2]
+                st[jj, _PGD, ii] = g_d[j, i]
+                st[jj, _PTG, ii] = t_final[j, i] * g_t[j, i]
+                sv = stop_all[j, i]
+                pstop[jj * tw + ii] = sv
+                last = max(last, sv)
+        by_stop = np.argsort(-pstop, kind="mergesort")  # pixels by stop, descending: the order they join the walk in
+        p = 0
+        rowmask = np.zeros(_FAST_TILE, np.int64)
+        # entries at or behind every pixel's stop position took no part (the forward left the tile there): zero rows
+        for k in range(s + last, e):
+            g_isect[k, :] = 0.0
+        for k in range(s + last - 1, s - 1, -1):
+            kk = k - s
+            while p < npx and pstop[by_stop[p]] > kk:
+                q = by_stop[p]
+                rowmask[q // tw] |= 1 << (q % tw)
+                p += 1
+            g = ids[k]
+            mx, my, a, b, c, o, z = gp[g, 0], gp[g, 1], gp[g, 2], gp[g, 3], gp[g, 4], gp[g, 5], gp[g, 6]
+            cr, cg, cb = gp[g, 7], gp[g, 8], gp[g, 9]
+            d_mx = d_my = d_a = d_b = d_c = d_o = d_z = d_r = d_g = d_b2 = 0.0
+            xa = max(rect[g, 0], X0) - X0
+            xb = min(rect[g, 1], X1 - 1) - X0
+            if not (o <= O_FAST):  # absurd or NaN opacity: the scalar loop
+                cut = _cut(o)
+                for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
+                    dy = j + 0.5 - my
+                    jj = j - Y0
+                    for ii in range(xa, xb + 1):
+                        if kk >= stop_all[j, X0 + ii]:
+                            continue
+                        dx = ((X0f + float(ii)) + 0.5) - mx
+                        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        if sigma < 0.0 or sigma > cut:
+                            continue
+                        gauss = math.exp(-sigma)
+                        raw = o * gauss
+                        alpha = min(ALPHA_MAX, raw)
+                        if alpha < ALPHA_MIN:
+                            continue
+                        one_m = 1.0 - alpha
+                        t_i = st[jj, _PT, ii] / one_m
+                        w = alpha * t_i
+                        gr, gg, gb, gd = st[jj, _PG, ii], st[jj, _PG + 1, ii], st[jj, _PG + 2, ii], st[jj, _PGD, ii]
+                        d_r += w * gr
+                        d_g += w * gg
+                        d_b2 += w * gb
+                        d_z += w * gd
+                        after = (st[jj, _PS, ii] * gr + st[jj, _PS + 1, ii] * gg + st[jj, _PS + 2, ii] * gb
+                                 + st[jj, _PS + 3, ii] * gd)
+                        dl_da = t_i * (cr * gr + cg * gg + cb * gb + z * gd) - (after + st[jj, _PTG, ii]) / one_m
+                        st[jj, _PS, ii] += w * cr
+                        st[jj, _PS + 1, ii] += w * cg
+                        st[jj, _PS + 2, ii] += w * cb
+                        st[jj, _PS + 3, ii] += w * z
+                        st[jj, _PT, ii] = t_i
+                        if raw < ALPHA_MAX:
+                            d_o += dl_da * gauss
+                            dl_ds = -dl_da * alpha
+                            d_a += 0.5 * dl_ds * dx * dx
+                            d_b += dl_ds * dx * dy
+                            d_c += 0.5 * dl_ds * dy * dy
+                            d_mx -= dl_ds * (a * dx + b * dy)
+                            d_my -= dl_ds * (b * dx + c * dy)
+            else:
+                span = ((1 << (xb + 1)) - 1) & ~((1 << xa) - 1)
+                for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
+                    jj = j - Y0
+                    m = rowmask[jj] & span
+                    if m == 0:
                         continue
-                    dx = ((X0f + float(ii)) + 0.5) - mx
-                    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-                    if sigma < 0.0 or sigma > cut:
-                        continue
-                    gauss = math.exp(-sigma)
-                    raw = o * gauss
-                    alpha = min(ALPHA_MAX, raw)
-                    if alpha < ALPHA_MIN:
-                        continue
-                    one_m = 1.0 - alpha
-                    t_i = st[jj, _PT, ii] / one_m
-                    w = alpha * t_i
-                    gr, gg, gb, gd = st[jj, _PG, ii], st[jj, _PG + 1, ii], st[jj, _PG + 2, ii], st[jj, _PGD, ii]
-                    d_r += w * gr
-                    d_g += w * gg
-                    d_b2 += w * gb
-                    d_z += w * gd
-                    after = (st[jj, _PS, ii] * gr + st[jj, _PS + 1, ii] * gg + st[jj, _PS + 2, ii] * gb
-                             + st[jj, _PS + 3, ii] * gd)
-                    dl_da = t_i * (cr * gr + cg * gg + cb * gb + z * gd) - (after + st[jj, _PTG, ii]) / one_m
-                    st[jj, _PS, ii] += w * cr
-                    st[jj, _PS + 1, ii] += w * cg
-                    st[jj, _PS + 2, ii] += w * cb
-                    st[jj, _PS + 3, ii] += w * z
-                    st[jj, _PT, ii] = t_i
-                    if raw < ALPHA_MAX:
-                        d_o += dl_da * gauss
-                        dl_ds = -dl_da * alpha
-                        d_a += 0.5 * dl_ds * dx * dx
-                        d_b += dl_ds * dx * dy
-                        d_c += 0.5 * dl_ds * dy * dy
-                        d_mx -= dl_ds * (a * dx + b * dy)
-                        d_my -= dl_ds * (b * dx + c * dy)
-        else:
-            span = ((1 << (xb + 1)) - 1) & ~((1 << xa) - 1)
-            for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
-                jj = j - Y0
-                m = rowmask[jj] & span
-                if m == 0:
-                    continue
-                dy = j + 0.5 - my
-                cyy = c * dy * dy
-                while m != 0:
-                    i0 = min(max(_ctz64(m), 0), _FAST_TILE - 1)
-                    mwin = (m >> i0) & 15
-                    m &= ~(15 << i0)
-                    _bwd_window(st, jj, i0, X0f + float(i0), mwin, mx, a, b, c, dy, cyy, o, z, cr, cg, cb)
-                    lanes = 4 if mwin >= 8 else (3 if mwin >= 4 else (2 if mwin >= 2 else 1))
-                    for i in range(i0, i0 + lanes):
-                        d_r += st[jj, _PA + 7, i]
-                        d_g += st[jj, _PA + 8, i]
-                        d_b2 += st[jj, _PA + 9, i]
-                        d_z += st[jj, _PA + 6, i]
-                        d_o += st[jj, _PA + 5, i]
-                        d_a += st[jj, _PA + 2, i]
-                        d_b += st[jj, _PA + 3, i]
-                        d_c += st[jj, _PA + 4, i]
-                        d_mx -= st[jj, _PA + 0, i]
-                        d_my -= st[jj, _PA + 1, i]
-        row = g_isect[k]
-        row[0], row[1], row[2], row[3], row[4] = d_mx, d_my, d_a, d_b, d_c
-        row[5], row[6], row[7], row[8], row[9] = d_o, d_z, d_r, d_g, d_b2
+                    dy = j + 0.5 - my
+                    cyy = c * dy * dy
+                    while m != 0:
+                        i0 = min(max(_ctz64(m), 0), _FAST_TILE - 1)
+                        mwin = (m >> i0) & 15
+                        m &= ~(15 << i0)
+                        _bwd_window(st, jj, i0, X0f + float(i0), mwin, mx, a, b, c, dy, cyy, o, z, cr, cg, cb)
+                        lanes = 4 if mwin >= 8 else (3 if mwin >= 4 else (2 if mwin >= 2 else 1))
+                        for i in range(i0, i0 + lanes):
+                            d_r += st[jj, _PA + 7, i]
+                            d_g += st[jj, _PA + 8, i]
+                            d_b2 += st[jj, _PA + 9, i]
+                            d_z += st[jj, _PA + 6, i]
+                            d_o += st[jj, _PA + 5, i]
+                            d_a += st[jj, _PA + 2, i]
+                            d_b += st[jj, _PA + 3, i]
+                            d_c += st[jj, _PA + 4, i]
+                            d_mx -= st[jj, _PA + 0, i]
+                            d_my -= st[jj, _PA + 1, i]
+            row = g_isect[k]
+            row[0], row[1], row[2], row[3], row[4] = d_mx, d_my, d_a, d_b, d_c
+            row[5], row[6], row[7], row[8], row[9] = d_o, d_z, d_r, d_g, d_b2
 
 
 @_jit
