@@ -387,8 +387,9 @@ def test_vector_exp_within_an_ulp_of_math_exp():
 @pytest.mark.parametrize("deg", [0, 2])
 def test_vectorised_tiles_equal_scalar_tiles(deg):
     """Tiles of <= 16 px run the vectorised kernels, larger ones the scalar loops: the same image to ~1e-15 and the
-    same gradients to 1e-12 relative (forward and backward, SH view term, clamped and terminating Gaussians), also
-    with an absurd opacity that sends its Gaussian down the scalar branch of the vectorised kernel."""
+    same gradients to 1e-12 relative (forward and backward, SH view term, clamped and terminating Gaussians). An
+    absurd opacity (> O_FAST) sends every tile size to the scalar kernels: the vectorised ones' σ clamp would not
+    hold for it."""
     scene = _edge_scene(deg, seed=50 + deg)
     op = scene.opacities.clone()
     op[3] = 1e15
@@ -410,3 +411,11 @@ def test_vectorised_tiles_equal_scalar_tiles(deg):
             scale = float(b.abs().max())
             assert scale > 0, k
             assert float((a - b).abs().max()) <= 1e-12 * scale, (k, float((a - b).abs().max()) / scale)
+    gp = torch.rand(5, 10, dtype=F64).numpy()
+    ids = torch.tensor([0, 2, 4]).numpy()
+    assert raster_numba._fast_ok(gp, ids, 16) and not raster_numba._fast_ok(gp, ids, 17)
+    gp[1, 5] = float("nan")  # a row no tile uses
+    assert raster_numba._fast_ok(gp, ids, 16)
+    for bad in (float("nan"), 1e15):
+        gp[2, 5] = bad
+        assert not raster_numba._fast_ok(gp, ids, 16)

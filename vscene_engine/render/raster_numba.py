@@ -131,7 +131,7 @@ _LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts (fdlibm): kf * _LN2_HI
 _LN2_LO = 1.90821492927058770002e-10
 _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9, _Q10, _Q11, _Q12, _Q13 = [1.0 / math.factorial(n) for n in range(2, 14)]
 S_CLAMP = 40.0  # σ is clamped to [0, S_CLAMP] before the vector exp: o·exp(-40) < 1/255 for every o <= O_FAST
-O_FAST = 1e14  # Gaussians with a larger (or NaN) opacity take the scalar reference loop
+O_FAST = 1e14  # a scene with a larger (or NaN) opacity is rendered by the scalar kernels
 
 
 def _inline(f):
@@ -193,13 +193,29 @@ def _pixel_rects(gp, ext, width, height):
 
 
 
+def _fast_ok(gp, ids, tile) -> bool:
+    """Whether the vectorised kernels apply: tiles of <= _FAST_TILE px (a row's pixels are bits of an int64) and
+    every opacity the tiles use <= O_FAST (their σ clamp at S_CLAMP relies on it; NaN fails the test too).
+    Otherwise the scalar kernels render the whole image."""
+    return tile <= _FAST_TILE and _opacities_at_most(gp, ids, O_FAST)
+
+
+@_jit
+def _opacities_at_most(gp, ids, limit):
+    """True when ``gp[g, 5] <= limit`` for every g in ``ids`` (False on NaN); rows not in ``ids`` are not read."""
+    for k in range(ids.shape[0]):
+        if not gp[ids[k], 5] <= limit:
+            return False
+    return True
+
+
 def _forward(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop):
     """Front-to-back compositing. gp [G,10] float64 (mx, my, a, b, c, o, z, r, g, b) in depth order.
 
     Writes out_c [H,W,3], out_d [H,W], out_t [H,W] and out_stop [H,W] (position, in the tile's list, of the Gaussian
-    before which the pixel stopped; the list length if it never did). Tiles of up to 16 px run the vectorised
-    :func:`_forward_fast`, larger ones the scalar :func:`_forward_ref` (the same image to ~1 ulp)."""
-    kernel = _forward_fast if tile <= _FAST_TILE else _forward_ref  # only the one used is compiled
+    before which the pixel stopped; the list length if it never did). The vectorised :func:`_forward_fast` where
+    :func:`_fast_ok`, else the scalar :func:`_forward_ref` (the same image to ~1 ulp)."""
+    kernel = _forward_fast if _fast_ok(gp, ids, tile) else _forward_ref  # only the one used is compiled
     kernel(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, out_d, out_t, out_stop)
 
 
@@ -290,8 +306,7 @@ def _forward_fast(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, o
     array with 4 padding columns; a 16-bit mask per row holds the pixels still compositing. For each Gaussian and
     row, the mask of its x-range is walked in 4-pixel windows starting at the lowest live pixel (trailing-zero
     count), each window a branch-free :func:`_fwd_window`. The σ cut is left to the α >= 1/255 test (σ clamped to
-    [0, 40] for the exp); Gaussians with an opacity above O_FAST (or NaN) take the scalar loop of
-    :func:`_forward_ref`. Same decisions and stop positions as the scalar loop; colours and depths within a
+    [0, S_CLAMP] for the exp, see :func:`_fast_ok`). Same decisions and stop positions as the scalar loop; colours and depths within a
     few ulp (the exp)."""
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
@@ -319,54 +334,26 @@ def _forward_fast(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, o
             xb = min(rect[g, 1], X1 - 1) - X0
             ya = max(rect[g, 2], Y0)
             yb = min(rect[g, 3], Y1 - 1)
-            if not (o <= O_FAST):  # absurd or NaN opacity: the scalar loop
-                cut = _cut(o)
-                for j in range(ya, yb + 1):
-                    dy = j + 0.5 - my
-                    jj = j - Y0
-                    for ii in range(xa, xb + 1):
-                        if st[5, jj, ii] != nsf:
-                            continue
-                        dx = ((X0f + float(ii)) + 0.5) - mx
-                        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-                        if sigma < 0.0 or sigma > cut:
-                            continue
-                        alpha = min(ALPHA_MAX, o * math.exp(-sigma))
-                        if alpha < ALPHA_MIN:
-                            continue
-                        t_new = st[0, jj, ii] * (1.0 - alpha)
-                        if t_new <= T_MIN:
-                            st[5, jj, ii] = kf
-                            live -= 1
-                            rowmask[jj] &= ~(1 << ii)
-                            continue
-                        w = alpha * st[0, jj, ii]
-                        st[1, jj, ii] += w * cr
-                        st[2, jj, ii] += w * cg
-                        st[3, jj, ii] += w * cb
-                        st[4, jj, ii] += w * z
-                        st[0, jj, ii] = t_new
-            else:
-                span = ((1 << (xb + 1)) - 1) & ~((1 << xa) - 1)
-                for j in range(ya, yb + 1):
-                    jj = j - Y0
-                    m = rowmask[jj] & span
-                    if m == 0:
-                        continue
-                    dy = j + 0.5 - my
-                    cyy = c * dy * dy
-                    stopped = 0
-                    while m != 0:
-                        i0 = min(max(_ctz64(m), 0), _FAST_TILE - 1)
-                        mwin = (m >> i0) & 15
-                        m &= ~(15 << i0)
-                        stopped |= _fwd_window(st, jj, i0, X0f + float(i0), mwin, mx, a, b, dy, cyy, o, cr, cg, cb, z,
-                                               kf) << i0
-                    if stopped != 0:
-                        rowmask[jj] &= ~stopped
-                        while stopped != 0:
-                            stopped &= stopped - 1
-                            live -= 1
+            span = ((1 << (xb + 1)) - 1) & ~((1 << xa) - 1)
+            for j in range(ya, yb + 1):
+                jj = j - Y0
+                m = rowmask[jj] & span
+                if m == 0:
+                    continue
+                dy = j + 0.5 - my
+                cyy = c * dy * dy
+                stopped = 0
+                while m != 0:
+                    i0 = min(max(_ctz64(m), 0), _FAST_TILE - 1)
+                    mwin = (m >> i0) & 15
+                    m &= ~(15 << i0)
+                    stopped |= _fwd_window(st, jj, i0, X0f + float(i0), mwin, mx, a, b, dy, cyy, o, cr, cg, cb, z,
+                                           kf) << i0
+                if stopped != 0:
+                    rowmask[jj] &= ~stopped
+                    while stopped != 0:
+                        stopped &= stopped - 1
+                        live -= 1
             if live == 0:
                 break
         for jj in range(th):
@@ -384,8 +371,8 @@ def _backward(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, sto
     g_isect [n_isect, 10] = dL/d(mx, my, a, b, c, o, z, r, g, b), given dL/dC [H,W,3], dL/dD [H,W], dL/dT [H,W].
 
     With S = Σ_{j>i} w_j (c_j, z_j):  dL/dαᵢ = Tᵢ (cᵢ·gC + zᵢ gD) - (S·(gC, gD) + T_final gT) / (1 - αᵢ).
-    Tiles of up to 16 px run the vectorised :func:`_backward_fast`, larger ones :func:`_backward_ref`."""
-    kernel = _backward_fast if tile <= _FAST_TILE else _backward_ref  # only the one used is compiled
+    The vectorised :func:`_backward_fast` where :func:`_fast_ok`, else the scalar :func:`_backward_ref`."""
+    kernel = _backward_fast if _fast_ok(gp, ids, tile) else _backward_ref  # only the one used is compiled
     kernel(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final, stop_all, g_c, g_d, g_t, g_isect)
 
 
@@ -549,73 +536,31 @@ def _backward_fast(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final
             d_mx = d_my = d_a = d_b = d_c = d_o = d_z = d_r = d_g = d_b2 = 0.0
             xa = max(rect[g, 0], X0) - X0
             xb = min(rect[g, 1], X1 - 1) - X0
-            if not (o <= O_FAST):  # absurd or NaN opacity: the scalar loop
-                cut = _cut(o)
-                for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
-                    dy = j + 0.5 - my
-                    jj = j - Y0
-                    for ii in range(xa, xb + 1):
-                        if kk >= stop_all[j, X0 + ii]:
-                            continue
-                        dx = ((X0f + float(ii)) + 0.5) - mx
-                        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-                        if sigma < 0.0 or sigma > cut:
-                            continue
-                        gauss = math.exp(-sigma)
-                        raw = o * gauss
-                        alpha = min(ALPHA_MAX, raw)
-                        if alpha < ALPHA_MIN:
-                            continue
-                        one_m = 1.0 - alpha
-                        t_i = st[jj, _PT, ii] / one_m
-                        w = alpha * t_i
-                        gr, gg, gb, gd = st[jj, _PG, ii], st[jj, _PG + 1, ii], st[jj, _PG + 2, ii], st[jj, _PGD, ii]
-                        d_r += w * gr
-                        d_g += w * gg
-                        d_b2 += w * gb
-                        d_z += w * gd
-                        after = (st[jj, _PS, ii] * gr + st[jj, _PS + 1, ii] * gg + st[jj, _PS + 2, ii] * gb
-                                 + st[jj, _PS + 3, ii] * gd)
-                        dl_da = t_i * (cr * gr + cg * gg + cb * gb + z * gd) - (after + st[jj, _PTG, ii]) / one_m
-                        st[jj, _PS, ii] += w * cr
-                        st[jj, _PS + 1, ii] += w * cg
-                        st[jj, _PS + 2, ii] += w * cb
-                        st[jj, _PS + 3, ii] += w * z
-                        st[jj, _PT, ii] = t_i
-                        if raw < ALPHA_MAX:
-                            d_o += dl_da * gauss
-                            dl_ds = -dl_da * alpha
-                            d_a += 0.5 * dl_ds * dx * dx
-                            d_b += dl_ds * dx * dy
-                            d_c += 0.5 * dl_ds * dy * dy
-                            d_mx -= dl_ds * (a * dx + b * dy)
-                            d_my -= dl_ds * (b * dx + c * dy)
-            else:
-                span = ((1 << (xb + 1)) - 1) & ~((1 << xa) - 1)
-                for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
-                    jj = j - Y0
-                    m = rowmask[jj] & span
-                    if m == 0:
-                        continue
-                    dy = j + 0.5 - my
-                    cyy = c * dy * dy
-                    while m != 0:
-                        i0 = min(max(_ctz64(m), 0), _FAST_TILE - 1)
-                        mwin = (m >> i0) & 15
-                        m &= ~(15 << i0)
-                        _bwd_window(st, jj, i0, X0f + float(i0), mwin, mx, a, b, c, dy, cyy, o, z, cr, cg, cb)
-                        lanes = 4 if mwin >= 8 else (3 if mwin >= 4 else (2 if mwin >= 2 else 1))
-                        for i in range(i0, i0 + lanes):
-                            d_r += st[jj, _PA + 7, i]
-                            d_g += st[jj, _PA + 8, i]
-                            d_b2 += st[jj, _PA + 9, i]
-                            d_z += st[jj, _PA + 6, i]
-                            d_o += st[jj, _PA + 5, i]
-                            d_a += st[jj, _PA + 2, i]
-                            d_b += st[jj, _PA + 3, i]
-                            d_c += st[jj, _PA + 4, i]
-                            d_mx -= st[jj, _PA + 0, i]
-                            d_my -= st[jj, _PA + 1, i]
+            span = ((1 << (xb + 1)) - 1) & ~((1 << xa) - 1)
+            for j in range(max(rect[g, 2], Y0), min(rect[g, 3], Y1 - 1) + 1):
+                jj = j - Y0
+                m = rowmask[jj] & span
+                if m == 0:
+                    continue
+                dy = j + 0.5 - my
+                cyy = c * dy * dy
+                while m != 0:
+                    i0 = min(max(_ctz64(m), 0), _FAST_TILE - 1)
+                    mwin = (m >> i0) & 15
+                    m &= ~(15 << i0)
+                    _bwd_window(st, jj, i0, X0f + float(i0), mwin, mx, a, b, c, dy, cyy, o, z, cr, cg, cb)
+                    lanes = 4 if mwin >= 8 else (3 if mwin >= 4 else (2 if mwin >= 2 else 1))
+                    for i in range(i0, i0 + lanes):
+                        d_r += st[jj, _PA + 7, i]
+                        d_g += st[jj, _PA + 8, i]
+                        d_b2 += st[jj, _PA + 9, i]
+                        d_z += st[jj, _PA + 6, i]
+                        d_o += st[jj, _PA + 5, i]
+                        d_a += st[jj, _PA + 2, i]
+                        d_b += st[jj, _PA + 3, i]
+                        d_c += st[jj, _PA + 4, i]
+                        d_mx -= st[jj, _PA + 0, i]
+                        d_my -= st[jj, _PA + 1, i]
             row = g_isect[k]
             row[0], row[1], row[2], row[3], row[4] = d_mx, d_my, d_a, d_b, d_c
             row[5], row[6], row[7], row[8], row[9] = d_o, d_z, d_r, d_g, d_b2
