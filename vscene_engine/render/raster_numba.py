@@ -193,6 +193,13 @@ def _pixel_rects(gp, ext, width, height):
 
 
 
+@_inline
+def _tile_box(t, tiles_x, tile, width, height):
+    """Pixels [X0, X1) x [Y0, Y1) of tile ``t`` (row-major tiles of ``tile`` px, the last ones clipped)."""
+    X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
+    return X0, Y0, min(X0 + tile, width), min(Y0 + tile, height)
+
+
 def _fast_ok(gp, ids, tile) -> bool:
     """Whether the vectorised kernels apply: tiles of <= _FAST_TILE px (a row's pixels are bits of an int64) and
     every opacity the tiles use <= O_FAST (their σ clamp at S_CLAMP relies on it; NaN fails the test too).
@@ -225,8 +232,7 @@ def _forward_ref(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, ou
     rectangle."""
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
-        X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
+        X0, Y0, X1, Y1 = _tile_box(t, tiles_x, tile, width, height)
         tw, th = X1 - X0, Y1 - Y0
         s, e = offsets[t], offsets[t + 1]
         T = np.ones((th, tw))
@@ -306,12 +312,11 @@ def _forward_fast(gp, rect, offsets, ids, width, height, tile, tiles_x, out_c, o
     array with 4 padding columns; a 16-bit mask per row holds the pixels still compositing. For each Gaussian and
     row, the mask of its x-range is walked in 4-pixel windows starting at the lowest live pixel (trailing-zero
     count), each window a branch-free :func:`_fwd_window`. The σ cut is left to the α >= 1/255 test (σ clamped to
-    [0, S_CLAMP] for the exp, see :func:`_fast_ok`). Same decisions and stop positions as the scalar loop; colours and depths within a
-    few ulp (the exp)."""
+    [0, S_CLAMP] for the exp, see :func:`_fast_ok`). Same decisions and stop positions as the scalar loop; colours
+    and depths within a few ulp (the exp)."""
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
-        X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
+        X0, Y0, X1, Y1 = _tile_box(t, tiles_x, tile, width, height)
         tw, th = X1 - X0, Y1 - Y0
         s, e = offsets[t], offsets[t + 1]
         nsf = float(e - s)
@@ -381,8 +386,7 @@ def _backward_ref(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final,
     """:func:`_backward` with scalar loops (any tile size)."""
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
-        X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
+        X0, Y0, X1, Y1 = _tile_box(t, tiles_x, tile, width, height)
         tw, th = X1 - X0, Y1 - Y0
         s, e = offsets[t], offsets[t + 1]
         T = t_final[Y0:Y1, X0:X1].copy()
@@ -497,8 +501,7 @@ def _backward_fast(gp, rect, offsets, ids, width, height, tile, tiles_x, t_final
     order as :func:`_backward_ref` (to ~1 ulp: the exp)."""
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        X0, Y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
-        X1, Y1 = min(X0 + tile, width), min(Y0 + tile, height)
+        X0, Y0, X1, Y1 = _tile_box(t, tiles_x, tile, width, height)
         tw, th = X1 - X0, Y1 - Y0
         s, e = offsets[t], offsets[t + 1]
         X0f = float(X0)
@@ -787,7 +790,8 @@ def _bin_tiles_core(rect, order, tile, tiles_x, n_tiles, with_pos):
                 for tx in range(rect[g, 0] // tile, rect[g, 1] // tile + 1):
                     cnt[blk, ty * tiles_x + tx] += 1
             if with_pos:
-                per[r + 1] = (rect[g, 3] // tile - rect[g, 2] // tile + 1) * (rect[g, 1] // tile - rect[g, 0] // tile + 1)
+                per[r + 1] = ((rect[g, 3] // tile - rect[g, 2] // tile + 1)
+                              * (rect[g, 1] // tile - rect[g, 0] // tile + 1))
     offsets = np.empty(n_tiles + 1, np.int64)
     start = np.empty((nb, n_tiles), np.int64)
     acc = 0
