@@ -629,6 +629,18 @@ def _sh_color(sh, n, deg, dx, dy, dz, rec):
         rec[n, 7 + ch] = max(v + 0.5, 0.0)
 
 
+@_inline
+def _camera_fields(cam, width, height):
+    """The 23 entries of the camera record (see :func:`_project`) followed by the EWA Jacobian's clamp limits of x/z
+    and y/z (3DGS: 1.3x the half field of view on each side)."""
+    fx, fy, cx, cy = cam[19], cam[20], cam[21], cam[22]
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    return (cam[0], cam[1], cam[2], cam[3], cam[4], cam[5], cam[6], cam[7], cam[8], cam[9], cam[10], cam[11],
+            cam[12], cam[13], cam[14], cam[15], cam[16], cam[17], cam[18], fx, fy, cx, cy,
+            (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx,
+            (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy)
+
+
 @_jit(parallel=True)
 def _project(means, scales, quats, opac, sh, deg, cam, width, height, eps2d, antialiased, near, far,
              rec, rect, keep):
@@ -637,14 +649,8 @@ def _project(means, scales, quats, opac, sh, deg, cam, width, height, eps2d, ant
     fx, fy, cx, cy. Writes rec [N,10] (mx, my, conic a b c, o, z, r, g, b), rect [N,4] (as _pixel_rects)
     and keep [N] (1: visible and covering at least one pixel centre)."""
     N = means.shape[0]
-    r00, r01, r02, r10, r11, r12, r20, r21, r22 = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5], cam[6], cam[7], cam[8]
-    t0, t1, t2 = cam[9], cam[10], cam[11]
-    aw, ax, ay, az = cam[12], cam[13], cam[14], cam[15]
-    ox, oy, oz = cam[16], cam[17], cam[18]
-    fx, fy, cx, cy = cam[19], cam[20], cam[21], cam[22]
-    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
-    lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
-    lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    (r00, r01, r02, r10, r11, r12, r20, r21, r22, t0, t1, t2, aw, ax, ay, az, ox, oy, oz, fx, fy, cx, cy,
+     lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg) = _camera_fields(cam, width, height)
     n_blk = (N + _PROJ_BLOCK - 1) // _PROJ_BLOCK
     for blk in prange(n_blk):
         for n in range(blk * _PROJ_BLOCK, min(N, (blk + 1) * _PROJ_BLOCK)):
@@ -976,14 +982,8 @@ def _project_backward(means, scales, quats, sh, deg, cam, width, height, eps2d, 
     no gradient to x/z where it binds); u = j0 M₀ - j2 M₂, v = j1 M₁ - j3 M₂; (a, b, c) = (u·u + ε, u·v, v·v + ε);
     conic = (c, -b, a)/det; mean2d = (fx x/z + cx, fy y/z + cy); colour = max(SH(dir/|dir|) + 0.5, 0)."""
     N = means.shape[0]
-    r00, r01, r02, r10, r11, r12, r20, r21, r22 = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5], cam[6], cam[7], cam[8]
-    t0, t1, t2 = cam[9], cam[10], cam[11]
-    aw, ax, ay, az = cam[12], cam[13], cam[14], cam[15]
-    ox, oy, oz = cam[16], cam[17], cam[18]
-    fx, fy, cx, cy = cam[19], cam[20], cam[21], cam[22]
-    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
-    lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
-    lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    (r00, r01, r02, r10, r11, r12, r20, r21, r22, t0, t1, t2, aw, ax, ay, az, ox, oy, oz, fx, fy, cx, cy,
+     lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg) = _camera_fields(cam, width, height)
     n_blk = (N + _PROJ_BLOCK - 1) // _PROJ_BLOCK
     nk = min((deg + 1) * (deg + 1), sh.shape[1])
     for blk in prange(n_blk):
