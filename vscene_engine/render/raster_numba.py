@@ -1302,8 +1302,8 @@ def _run(fn, *args):
 
 def _chunked(n, fn, *args):
     """``fn(*args)`` with numba's parallel chunk size ``n`` (0: even static split; restored after); callers hold
-    _LOCK. Binning runs with 0: its 16 blocks in chunks of 4 are only 4 work items (measured 1.3-1.5x slower on 2
-    threads, and chunks of 1 3-4x slower)."""
+    _LOCK. Binning runs with 0: its 16 blocks in chunks of 4 are only 4 work items, which left a thread idle in a
+    one-off timing on 2 threads."""
     if not hasattr(numba, "set_parallel_chunksize"):
         return fn(*args)
     old = numba.set_parallel_chunksize(n)
